@@ -1,0 +1,159 @@
+"""The `simdist` command line: a thin Typer layer over `simdist.pipelines`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from simdist.errors import SimdistError
+
+app = typer.Typer(
+    name="simdist",
+    help="Simulation Distillation: train an expert in MJX, distill a latent world model, "
+    "plan with MPPI on the robot, and adapt the dynamics to reality.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+RobotOpt = typer.Option("cartpole", "--robot", "-r", help="Robot name; see `simdist robots`.")
+PresetOpt = typer.Option("default", "--preset", "-p", help="Config preset: tiny | default | paper.")
+SeedOpt = typer.Option(0, "--seed", help="Random seed.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_set(items: list[str]) -> dict:
+    """`--set ppo.num_iterations=10` -> {"ppo.num_iterations": 10} (values parsed as JSON)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SimdistError(f"--set takes KEY=VALUE, got '{item}'")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        out[key.strip()] = value
+    return out
+
+
+@app.command("train-expert")
+def train_expert_cmd(
+    robot: str = RobotOpt,
+    preset: str = PresetOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<robot>/expert]."),
+    seed: int = SeedOpt,
+    set_: list[str] = typer.Option([], "--set", help="Override a config field, e.g. --set ppo.num_iterations=50."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Stage 1: PPO expert on privileged state in MJX, with domain randomisation.
+
+    Keeps policy snapshots along training (the sub-optimal ones feed Stage 2) and the value
+    function. Run the same command again to resume an interrupted run.
+    """
+    from simdist.pipelines.train_expert import make_config, train_expert
+
+    cfg = make_config(robot, preset, seed, _parse_set(set_))
+    out = out or Path("runs") / robot / "expert"
+    result = train_expert(cfg, out, show_progress=progress)
+    m = result.metrics
+    typer.echo(
+        f"{robot} expert ({preset}, {cfg.ppo.total_steps:,} steps): "
+        f"return {m['expert_return_mean']:.1f} ± {m['expert_return_std']:.1f}  vs random policy "
+        f"{m['random_return_mean']:.1f} ± {m['random_return_std']:.1f}  "
+        f"(episodes of {m['episode_length']} steps)"
+    )
+    typer.echo(f"saved to {out}  (metrics.json, training_curve.png, snapshots/)")
+
+
+@app.command("eval-expert")
+def eval_expert_cmd(
+    expert: Path = typer.Option(..., "--expert", "-e", help="A train-expert run directory."),
+    robot: Optional[str] = typer.Option(None, "--robot", "-r", help="Check the expert is for this robot."),
+    episodes: int = typer.Option(32, "--episodes", help="Episodes (parallel envs)."),
+    seed: int = SeedOpt,
+) -> None:
+    """Evaluate every policy snapshot of an expert run in MJX, beside a random policy."""
+    from simdist.pipelines.train_expert import evaluate_snapshots
+
+    rows = evaluate_snapshots(expert, robot, episodes, seed)
+    for r in rows:
+        tag = "random" if r["iteration"] < 0 else "expert" if r["final"] else "snapshot"
+        it = "-" if r["iteration"] < 0 else str(r["iteration"])
+        typer.echo(f"iteration {it:>6s}  {tag:8s}  return {r['mean']:8.2f} ± {r['std']:.2f}")
+
+
+def _not_built(stage: str, issue: int) -> None:
+    _fail(f"`simdist {stage}` is not built yet (tracked in issue #{issue})", code=3)
+
+
+@app.command("generate-data")
+def generate_data_cmd(robot: str = RobotOpt, preset: str = PresetOpt) -> None:
+    """Stage 2: perturbed-action rollouts in MJX, labelled with reward and expert value."""
+    _not_built("generate-data", 3)
+
+
+@app.command("distill")
+def distill_cmd(robot: str = RobotOpt, preset: str = PresetOpt) -> None:
+    """Stage 3: train the latent world model (encoder, dynamics, reward, value, policy prior)."""
+    _not_built("distill", 3)
+
+
+@app.command("finetune")
+def finetune_cmd(robot: str = RobotOpt, preset: str = PresetOpt) -> None:
+    """Stage 4: finetune only the dynamics on real data (or a ReDRAW latent residual)."""
+    _not_built("finetune", 4)
+
+
+@app.command("deploy")
+def deploy_cmd(robot: str = RobotOpt, preset: str = PresetOpt) -> None:
+    """Run the MPPI planner online against a robot and record real data."""
+    _not_built("deploy", 4)
+
+
+@app.command("robots")
+def robots_cmd() -> None:
+    """List the robots, their observations, randomisation and reality gaps."""
+    from simdist.robots import get_robot, robot_names
+
+    for name in robot_names():
+        robot = get_robot(name)
+        task = robot.make_task()
+        d = task.describe()
+        typer.echo(f"{name}: {robot.description}")
+        typer.echo(f"  presets: {', '.join(robot.expert_presets)}")
+        typer.echo(f"  actions: {d['action_size']}")
+        typer.echo(f"  deployable obs ({len(d['deployable_obs'])}): {', '.join(d['deployable_obs'])}")
+        typer.echo(f"  privileged obs ({len(d['privileged_obs'])}): {', '.join(d['privileged_obs'])}")
+        rnd = [
+            f"{p['name']} x[{p['low']}, {p['high']}]" if p["low"] is not None else p["name"] for p in d["randomized"]
+        ]
+        typer.echo(f"  randomised: {', '.join(rnd)}")
+        typer.echo(f"  reality gaps: {', '.join(robot.gaps) if robot.gaps else '(none yet)'}")
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        app()
+    except SimdistError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

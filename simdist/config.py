@@ -1,0 +1,91 @@
+"""Frozen, typed configs and their JSON round-trip.
+
+Every config in simdist is a frozen dataclass. A run writes its config as JSON beside its
+checkpoints, and later stages rebuild the exact dataclass from that JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from simdist.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    if not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"{cfg!r} is not a dataclass")
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(arg, value)
+            except (TypeError, ValueError):
+                continue
+        return value
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a config dataclass from `to_dict` output; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def with_overrides(cfg: T, overrides: dict[str, Any], _prefix: str = "") -> T:
+    """Replace fields by dotted keys, e.g. {"ppo.num_iterations": 10}."""
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if not dataclasses.is_dataclass(cfg) or head not in {f.name for f in dataclasses.fields(cfg)}:
+            raise ConfigError(f"unknown config key '{_prefix}{key}'")
+        if rest:
+            value = with_overrides(getattr(cfg, head), {rest: value}, f"{_prefix}{head}.")
+        cfg = dataclasses.replace(cfg, **{head: value})
+    return cfg
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None

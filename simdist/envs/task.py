@@ -1,0 +1,107 @@
+"""What a robot supplies to the env: its MJCF, its task and its randomisation.
+
+A `Task` is a bag of pure functions over MJX `Model`/`Data`. The generic `MjxEnv` composes
+them into `reset(key)` / `step(state, action)` with auto-reset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import mujoco
+
+from simdist._mjx import mjx
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Settings every robot env has. Robots subclass it to add their own."""
+
+    episode_length: int = 300
+    ctrl_dt: float = 0.02
+    randomize: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomizedParam:
+    """One physical parameter that domain randomisation changes.
+
+    `field` is the MJX model field and `index` the entries of it that change; the test suite
+    checks that randomisation touches exactly these entries and nothing else. `low`/`high`
+    are the multiplier's range; a parameter derived from others (an inertia that follows a
+    mass and a length) has none.
+    """
+
+    name: str
+    field: str
+    index: tuple[int, ...]
+    low: float | None = None
+    high: float | None = None
+
+
+class Task:
+    """Base class of a robot's task. Subclasses set the class attributes and override methods."""
+
+    name: ClassVar[str]
+    xml_path: ClassVar[Path]
+    action_size: ClassVar[int]
+    # Names and sizes of the observation vectors, for docs and shape checks.
+    deployable_obs_names: ClassVar[tuple[str, ...]]
+    privileged_obs_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, config: EnvConfig):
+        self.config = config
+
+    # ---- model -------------------------------------------------------------------------
+    def mj_model(self) -> mujoco.MjModel:
+        return mujoco.MjModel.from_xml_path(str(self.xml_path))
+
+    def randomized_params(self) -> tuple[RandomizedParam, ...]:
+        """The parameters `randomize` changes; empty means no randomisation."""
+        return ()
+
+    def randomized_fields(self) -> tuple[str, ...]:
+        return tuple(sorted({p.field for p in self.randomized_params()}))
+
+    def randomize(self, model: mjx.Model, key: jax.Array) -> mjx.Model:
+        """Domain randomisation as a pure function of (model, key)."""
+        return model
+
+    # ---- episode -----------------------------------------------------------------------
+    def initial_state(self, model: mjx.Model, key: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+        """(qpos, qvel, info) of a fresh episode. `info` holds task state such as commands."""
+        raise NotImplementedError
+
+    def ctrl(self, model: mjx.Model, data: mjx.Data, action: jax.Array, info: dict) -> jax.Array:
+        """Map a policy action in [-1, 1] to the actuator controls."""
+        return jnp.clip(action, -1.0, 1.0)
+
+    def observe(self, model: mjx.Model, data: mjx.Data, info: dict) -> tuple[jax.Array, jax.Array]:
+        """(deployable, privileged) observation vectors."""
+        raise NotImplementedError
+
+    def reward(
+        self, model: mjx.Model, data: mjx.Data, action: jax.Array, info: dict
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Reward r(s, a) of the step that produced `data`, and named reward terms."""
+        raise NotImplementedError
+
+    def terminated(self, model: mjx.Model, data: mjx.Data, info: dict) -> jax.Array:
+        """True where the episode ends by failure (not by the time limit)."""
+        return ~(jnp.all(jnp.isfinite(data.qpos)) & jnp.all(jnp.isfinite(data.qvel)))
+
+    def update_info(self, model: mjx.Model, data: mjx.Data, action: jax.Array, info: dict, key: jax.Array) -> dict:
+        """Advance task state kept in `info` (commands, previous action, ...) after a step."""
+        return info
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "action_size": self.action_size,
+            "deployable_obs": list(self.deployable_obs_names),
+            "privileged_obs": list(self.privileged_obs_names),
+            "randomized": [dataclasses.asdict(p) for p in self.randomized_params()],
+        }

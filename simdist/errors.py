@@ -1,0 +1,26 @@
+"""Errors that the CLI turns into one clear line and a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class SimdistError(Exception):
+    """A user-facing error: bad input, a missing or mismatched artifact, a diverged run.
+
+    The message must stand on its own on one line; the CLI prints it without a traceback.
+    """
+
+
+class UnknownRobotError(SimdistError):
+    pass
+
+
+class CheckpointError(SimdistError):
+    pass
+
+
+class ConfigError(SimdistError):
+    pass
+
+
+class TrainingDivergedError(SimdistError):
+    pass

@@ -1,0 +1,1 @@
+"""Reinforcement learning: PPO on privileged state, policy snapshots."""
