@@ -1,0 +1,40 @@
+"""Shared fixtures. The tiny cartpole expert is trained once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+# Reuse compiled XLA programs across tests and across runs of the suite.
+_CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"
+jax.config.update("jax_compilation_cache_dir", os.environ.get("SIMDIST_JAX_CACHE", str(_CACHE)))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+@pytest.fixture(scope="session")
+def cartpole_robot():
+    from simdist.robots import get_robot
+
+    return get_robot("cartpole")
+
+
+@pytest.fixture(scope="session")
+def cartpole_env(cartpole_robot):
+    from simdist.envs import MjxEnv
+
+    cfg = cartpole_robot.expert_config("tiny")
+    return MjxEnv(cartpole_robot.make_task(cfg.env))
+
+
+@pytest.fixture(scope="session")
+def tiny_expert(tmp_path_factory):
+    """A tiny-preset cartpole expert run: (TrainResult, run directory)."""
+    from simdist.pipelines.train_expert import make_config, train_expert
+
+    out = tmp_path_factory.mktemp("expert") / "cartpole"
+    cfg = make_config("cartpole", "tiny", seed=0)
+    result = train_expert(cfg, out, show_progress=False)
+    return result, out

@@ -1,0 +1,130 @@
+"""Snapshots and training state round-trip through orbax; runs resume; bad input fails clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from simdist.errors import CheckpointError, ConfigError
+
+
+def test_snapshots_and_value_function_round_trip(tiny_expert):
+    from simdist.envs import MjxEnv
+    from simdist.rl.policy import load_expert, load_snapshots
+    from simdist.rl.ppo import evaluate
+    from simdist.robots import get_robot
+
+    result, out = tiny_expert
+    snaps = load_snapshots(out, robot="cartpole")
+    assert [s.iteration for s in snaps] == [0, 20, 40]
+    assert [s.is_final for s in snaps] == [False, False, True]
+    assert snaps[-1].config.preset == "tiny"
+    # The untrained snapshot and the expert hold different parameters.
+    a = jax.tree.leaves(snaps[0].params)
+    b = jax.tree.leaves(snaps[-1].params)
+    assert any(not np.array_equal(x, y) for x, y in zip(a, b))
+
+    # The expert restored from disk reproduces the return measured at training time exactly.
+    expert = load_expert(out, robot="cartpole")
+    cfg = expert.config
+    env = MjxEnv(get_robot("cartpole").make_task(cfg.env))
+    policy = expert.policy_fn()
+    ret = evaluate(env, lambda o, k: policy(o), cfg.ppo.eval_envs, jax.random.key(cfg.seed + 10_000))
+    assert float(np.mean(ret)) == pytest.approx(result.metrics["expert_return_mean"], rel=1e-5)
+    v = expert.value_fn()(env.batch_reset(jax.random.key(0), 3).privileged_obs)
+    assert v.shape == (3,) and np.all(np.isfinite(v))
+
+
+def test_killed_run_resumes_from_its_saved_step(tmp_path):
+    from simdist.pipelines.train_expert import make_config, train_expert
+
+    cfg = make_config("cartpole", "tiny", 1, {"ppo.num_iterations": 6, "ppo.checkpoint_every": 3})
+    out = tmp_path / "run"
+    first = train_expert(cfg, out, show_progress=False, stop_after=4)
+    assert first.iteration == 4 and first.metrics is None
+    # Iteration 4 was the end of that invocation and is saved; pretend the process died before
+    # anything later. A new invocation picks up exactly there.
+    second = train_expert(cfg, out, show_progress=False)
+    assert second.started_at == 4 and second.iteration == 6
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert (out / "metrics.json").exists() and (out / "training_curve.png").stat().st_size > 0
+    # A completed run asked again does not train further.
+    third = train_expert(cfg, out, show_progress=False)
+    assert third.started_at == 6 and third.iteration == 6
+
+
+def test_half_written_checkpoint_is_ignored(tiny_expert, tmp_path):
+    from simdist.rl.policy import load_snapshots
+
+    _, out = tiny_expert
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # What orbax leaves behind when killed mid-write: a temporary folder, never a numbered one.
+    shutil.copytree(copy / "snapshots" / "40", copy / "snapshots" / "60.orbax-checkpoint-tmp-1234")
+    assert [s.iteration for s in load_snapshots(copy)] == [0, 20, 40]
+
+
+def test_mismatched_or_missing_checkpoints_raise_clear_errors(tiny_expert, tmp_path):
+    from simdist.pipelines.train_expert import make_config, train_expert
+    from simdist.rl.policy import load_expert
+
+    _, out = tiny_expert
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_expert(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="not 'quadruped'"):
+        load_expert(out, robot="quadruped")
+    # A run directory cannot be resumed with another config.
+    other = make_config("cartpole", "tiny", seed=5)
+    with pytest.raises(CheckpointError, match="another config"):
+        train_expert(other, out, show_progress=False)
+    # A damaged config is reported, not a traceback.
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_expert(broken)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "simdist.cli.main", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def _assert_one_line_error(proc, needle):
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:") and needle in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_errors_are_one_line(tiny_expert, tmp_path):
+    _, out = tiny_expert
+    _assert_one_line_error(_cli("train-expert", "--robot", "nosuchrobot", "--out", str(tmp_path / "x")), "unknown robot")
+    _assert_one_line_error(_cli("eval-expert", "--expert", str(tmp_path / "missing")), "does not exist")
+    # A checkpoint trained for another robot.
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["robot"] = "quadruped"
+    (other / "config.json").write_text(json.dumps(cfg))
+    _assert_one_line_error(_cli("eval-expert", "--expert", str(other), "--robot", "cartpole"), "not 'cartpole'")
+    _assert_one_line_error(_cli("eval-expert", "--expert", str(out), "--robot", "quadruped"), "not 'quadruped'")
+    _assert_one_line_error(_cli("generate-data"), "not built yet")
+
+
+def test_cli_lists_stages_and_robots():
+    proc = _cli("--help")
+    for cmd in ("train-expert", "generate-data", "distill", "finetune", "deploy", "robots"):
+        assert cmd in proc.stdout
+    proc = _cli("robots")
+    assert proc.returncode == 0
+    assert "cartpole" in proc.stdout and "privileged obs (10)" in proc.stdout and "deployable obs (5)" in proc.stdout
