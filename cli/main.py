@@ -143,9 +143,21 @@ def robots_cmd() -> None:
         typer.echo(f"  reality gaps: {', '.join(robot.gaps) if robot.gaps else '(none yet)'}")
 
 
+def _enable_compile_cache() -> None:
+    """Keep compiled XLA programs between invocations (SIMDIST_JAX_CACHE=off disables)."""
+    where = os.environ.get("SIMDIST_JAX_CACHE", str(Path.home() / ".cache" / "simdist" / "jax"))
+    if where.lower() in ("off", "0", "none", ""):
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        _enable_compile_cache()
         app()
     except SimdistError as e:
         typer.echo(f"error: {e}", err=True)

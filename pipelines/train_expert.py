@@ -28,7 +28,7 @@ from simdist.errors import CheckpointError, TrainingDivergedError
 from simdist.progress import console, progress_bar
 from simdist.rl.config import ExpertConfig
 from simdist.rl.policy import SNAPSHOT_KIND, read_run_config, snapshot_state
-from simdist.rl.ppo import PPO, TrainState, evaluate, make_policy_fn
+from simdist.rl.ppo import PPO, TrainState, make_evaluator, random_action, snapshot_action
 from simdist.robots import get_robot
 
 TRAIN_STATE_KIND = "ppo_train_state"
@@ -102,13 +102,9 @@ def _truncate_history(path: Path, iteration: int) -> list[dict[str, Any]]:
 
 
 def evaluate_expert_and_random(env: MjxEnv, ppo: PPO, ts: TrainState, num_envs: int, seed: int) -> dict[str, float]:
-    policy = make_policy_fn(ppo.graphdef, deterministic=True)
     key = jax.random.key(seed + 10_000)
-    expert = evaluate(env, lambda o, k: policy(ts.params, ts.obs_stats, o), num_envs, key)
-    rand = evaluate(
-        env, lambda o, k: jax.random.uniform(k, (o.shape[0], env.action_size), minval=-1.0, maxval=1.0), num_envs, key
-    )
-    expert, rand = np.asarray(expert), np.asarray(rand)
+    expert = np.asarray(make_evaluator(env, snapshot_action(ppo.graphdef), num_envs)((ts.params, ts.obs_stats), key))
+    rand = np.asarray(make_evaluator(env, random_action(env), num_envs)(None, key))
     return {
         "expert_return_mean": float(expert.mean()),
         "expert_return_std": float(expert.std()),
@@ -246,12 +242,11 @@ def evaluate_snapshots(run_dir: Path, robot: str | None, episodes: int, seed: in
     cfg = snaps[-1].config
     env = MjxEnv(get_robot(cfg.robot).make_task(cfg.env))
     key = jax.random.key(seed + 20_000)
+    run = make_evaluator(env, snapshot_action(snaps[-1].graphdef), episodes)
     rows = []
     for s in snaps:
-        pol = s.policy_fn()
-        ret = np.asarray(evaluate(env, lambda o, k, pol=pol: pol(o), episodes, key))
+        ret = np.asarray(run((s.params, s.obs_stats), key))
         rows.append({"iteration": s.iteration, "final": s.is_final, "mean": float(ret.mean()), "std": float(ret.std())})
-    act = lambda o, k: jax.random.uniform(k, (o.shape[0], env.action_size), minval=-1.0, maxval=1.0)  # noqa: E731
-    ret = np.asarray(evaluate(env, act, episodes, key))
+    ret = np.asarray(make_evaluator(env, random_action(env), episodes)(None, key))
     rows.append({"iteration": -1, "final": False, "mean": float(ret.mean()), "std": float(ret.std())})
     return rows

@@ -18,6 +18,19 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     if not enabled:
         yield lambda advance=1, **fields: None
         return
+    if not sys.stderr.isatty():
+        # Logs (CI, pipes): a plain line at every tenth of the work instead of a live bar.
+        state = {"done": 0, "next": 0}
+
+        def log(advance: int = 1, **fields) -> None:
+            state["done"] += advance
+            if fields and (state["done"] >= state["next"] or state["done"] >= total):
+                info = "  ".join(f"{k} {v.strip() if isinstance(v, str) else v}" for k, v in fields.items())
+                console.print(f"{description}: {state['done']}/{total}  {info}", highlight=False)
+                state["next"] = state["done"] + max(1, total // 10)
+
+        yield log
+        return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -27,8 +40,6 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
-        transient=not sys.stderr.isatty(),
-        disable=not enabled,
     )
     with progress:
         task = progress.add_task(description, total=total, info="")

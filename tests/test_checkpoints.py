@@ -17,7 +17,7 @@ from simdist.errors import CheckpointError, ConfigError
 def test_snapshots_and_value_function_round_trip(tiny_expert):
     from simdist.envs import MjxEnv
     from simdist.rl.policy import load_expert, load_snapshots
-    from simdist.rl.ppo import evaluate
+    from simdist.rl.ppo import make_evaluator, snapshot_action
     from simdist.robots import get_robot
 
     result, out = tiny_expert
@@ -34,8 +34,8 @@ def test_snapshots_and_value_function_round_trip(tiny_expert):
     expert = load_expert(out, robot="cartpole")
     cfg = expert.config
     env = MjxEnv(get_robot("cartpole").make_task(cfg.env))
-    policy = expert.policy_fn()
-    ret = evaluate(env, lambda o, k: policy(o), cfg.ppo.eval_envs, jax.random.key(cfg.seed + 10_000))
+    run = make_evaluator(env, snapshot_action(expert.graphdef), cfg.ppo.eval_envs)
+    ret = run((expert.params, expert.obs_stats), jax.random.key(cfg.seed + 10_000))
     assert float(np.mean(ret)) == pytest.approx(result.metrics["expert_return_mean"], rel=1e-5)
     v = expert.value_fn()(env.batch_reset(jax.random.key(0), 3).privileged_obs)
     assert v.shape == (3,) and np.all(np.isfinite(v))
@@ -128,3 +128,60 @@ def test_cli_lists_stages_and_robots():
     proc = _cli("robots")
     assert proc.returncode == 0
     assert "cartpole" in proc.stdout and "privileged obs (10)" in proc.stdout and "deployable obs (5)" in proc.stdout
+
+
+def test_cli_run_killed_mid_training_resumes(tmp_path):
+    """SIGKILL the real CLI after its first checkpoint; the same command then finishes the run."""
+    import os
+    import signal
+    import time
+
+    from tests.conftest import _CACHE
+
+    out = tmp_path / "killed"
+    args = [
+        sys.executable, "-m", "simdist.cli.main", "train-expert", "--preset", "tiny", "--out", str(out),
+        "--set", "ppo.num_iterations=400", "--set", "ppo.checkpoint_every=2", "--no-progress",
+    ]
+    env = dict(os.environ, SIMDIST_JAX_CACHE=str(_CACHE))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            steps = [p for p in (out / "checkpoints").glob("*") if p.name.isdigit()] if out.exists() else []
+            if steps:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    from simdist.checkpointing import Checkpoints
+
+    saved = Checkpoints(out / "checkpoints", create=False).latest_step()
+    assert saved is not None and saved >= 2
+    # Finish quickly: same config, but this invocation stops after two more iterations.
+    from simdist.pipelines.train_expert import make_config, train_expert
+
+    cfg = make_config("cartpole", "tiny", 0, {"ppo.num_iterations": 400, "ppo.checkpoint_every": 2})
+    result = train_expert(cfg, out, show_progress=False, stop_after=2)
+    assert result.started_at >= saved and result.iteration == result.started_at + 2
+
+
+def test_diverged_training_stops_with_clear_error(tmp_path):
+    from simdist.errors import TrainingDivergedError
+    from simdist.pipelines.train_expert import make_config, train_expert
+
+    cfg = make_config(
+        "cartpole", "tiny", 0,
+        {"ppo.num_iterations": 4, "ppo.checkpoint_every": 1, "ppo.learning_rate": 1e38, "ppo.desired_kl": None},
+    )
+    with pytest.raises(TrainingDivergedError, match="diverged"):
+        train_expert(cfg, tmp_path / "nan", show_progress=False)
+    # Nothing non-finite was saved: every snapshot on disk holds finite parameters.
+    from simdist.rl.policy import load_snapshots
+
+    for snap in load_snapshots(tmp_path / "nan"):
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(snap.params))

@@ -213,20 +213,20 @@ def make_value_fn(graphdef):
     return value
 
 
-def evaluate(env: MjxEnv, act, num_envs: int, key: jax.Array) -> jax.Array:
-    """Return of one whole episode per env under `act(obs, key) -> action` (jit-friendly).
+def make_evaluator(env: MjxEnv, act, num_envs: int):
+    """A jitted `(act_params, key) -> return per env` for `act(act_params, obs, key) -> action`.
 
-    Each env runs for `episode_length` control steps; reward after the first end of episode
-    is not counted.
+    Each env runs one episode of `episode_length` control steps from reset; reward after the
+    first end of episode is not counted. Compiled once; call it with any parameters.
     """
 
-    def run(key):
+    def run(act_params, key):
         k_reset, k_run = jax.random.split(key)
         state = env.batch_reset(k_reset, num_envs)
 
         def body(carry, k):
             st, alive, ret = carry
-            action = act(st.privileged_obs, k)
+            action = act(act_params, st.privileged_obs, k)
             st = env.batch_step(st, action)
             ret = ret + jnp.where(alive, st.reward, 0.0)
             alive = alive & ~st.done
@@ -237,4 +237,15 @@ def evaluate(env: MjxEnv, act, num_envs: int, key: jax.Array) -> jax.Array:
         (_, _, ret), _ = jax.lax.scan(body, init, keys)
         return ret
 
-    return jax.jit(run)(key)
+    return jax.jit(run)
+
+
+def random_action(env: MjxEnv):
+    """`act(_, obs, key)` of a uniformly random policy, for baselines."""
+    return lambda _, obs, key: jax.random.uniform(key, (obs.shape[0], env.action_size), minval=-1.0, maxval=1.0)
+
+
+def snapshot_action(graphdef):
+    """`act((params, obs_stats), obs, key)` of a deterministic policy."""
+    policy = make_policy_fn(graphdef, deterministic=True)
+    return lambda p, obs, key: policy(p[0], p[1], obs)
