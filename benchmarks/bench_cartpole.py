@@ -71,11 +71,12 @@ def bench_ppo(presets, iterations: int) -> list[dict]:
     from simdist.envs import MjxEnv
     from simdist.pipelines.train_expert import make_config
     from simdist.rl.ppo import PPO
+    from simdist.robots import get_robot
 
     rows = []
     for preset in presets:
         cfg = make_config("cartpole", preset, 0)
-        env = MjxEnv(__import__("simdist.robots", fromlist=["get_robot"]).get_robot("cartpole").make_task(cfg.env))
+        env = MjxEnv(get_robot("cartpole").make_task(cfg.env))
         ppo = PPO(env, cfg.ppo)
         ts = ppo.init(jax.random.key(0))
         es = ppo.reset_envs(jax.random.key(1))
