@@ -51,7 +51,10 @@ class ActorCritic(nnx.Module):
         self.log_std = nnx.Param(jnp.full((action_size,), init_log_std, jnp.float32))
 
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return self.actor(obs), self.log_std[...], self.critic(obs)[..., 0]
+        return self.actor(obs), self.log_std[...], self.value(obs)
+
+    def value(self, obs: jax.Array) -> jax.Array:
+        return self.critic(obs)[..., 0]
 
 
 def gaussian_log_prob(x: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:

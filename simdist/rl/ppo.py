@@ -89,6 +89,9 @@ class PPO:
     def apply(self, params, obs):
         return nnx.merge(self.graphdef, params)(obs)
 
+    def value(self, params, obs):
+        return nnx.merge(self.graphdef, params).value(obs)
+
     def normalize(self, stats: RunningStats, obs):
         return stats.normalize(obs) if self.cfg.normalize_obs else obs
 
@@ -112,7 +115,7 @@ class PPO:
             action = mean + jnp.exp(log_std) * jax.random.normal(k, mean.shape)
             log_prob = gaussian_log_prob(action, mean, log_std)
             nes = self.env.batch_step(es, jnp.clip(action, -1.0, 1.0))
-            _, _, final_value = self.apply(ts.params, self.normalize(ts.obs_stats, nes.final_obs))
+            final_value = self.value(ts.params, self.normalize(ts.obs_stats, nes.final_obs))
             reward = nes.reward * cfg.reward_scale + cfg.gamma * final_value * nes.truncated
             tr = Transition(
                 obs=obs,
@@ -162,7 +165,7 @@ class PPO:
         cfg = self.cfg
         key, k_roll, k_epochs = jax.random.split(ts.key, 3)
         env_state, (traj, (ret_sum, done_count, raw_reward)) = self._rollout(ts, env_state, k_roll)
-        _, _, last_value = self.apply(ts.params, self.normalize(ts.obs_stats, env_state.privileged_obs))
+        last_value = self.value(ts.params, self.normalize(ts.obs_stats, env_state.privileged_obs))
         adv, target = gae(traj.reward, traj.value, traj.done, last_value, cfg.gamma, cfg.gae_lambda)
 
         n = cfg.num_envs * cfg.unroll_length
@@ -208,7 +211,7 @@ def make_value_fn(graphdef):
     """A pure `(params, obs_stats, obs) -> V(obs)` function (in `reward_scale` units)."""
 
     def value(params, obs_stats: RunningStats, obs):
-        return nnx.merge(graphdef, params)(obs_stats.normalize(obs))[2]
+        return nnx.merge(graphdef, params).value(obs_stats.normalize(obs))
 
     return value
 
