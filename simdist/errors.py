@@ -24,3 +24,15 @@ class ConfigError(SimdistError):
 
 class TrainingDivergedError(SimdistError):
     pass
+
+
+class DatasetError(SimdistError):
+    """A missing, corrupt or mismatched dataset (wrong robot, missing field, wrong shape)."""
+
+
+class RobotError(SimdistError):
+    """A robot backend problem: unknown gap, bad gap value, connection or safety stop."""
+
+
+class PlannerError(SimdistError):
+    """The planner produced something unusable (NaN actions) or got a bad model."""

@@ -49,6 +49,8 @@ class Task:
     name: ClassVar[str]
     xml_path: ClassVar[Path]
     action_size: ClassVar[int]
+    # Size of the task command (velocity command of a legged robot); 0 when there is none.
+    command_size: ClassVar[int] = 0
     # Names and sizes of the observation vectors, for docs and shape checks.
     deployable_obs_names: ClassVar[tuple[str, ...]]
     privileged_obs_names: ClassVar[tuple[str, ...]]
@@ -93,6 +95,10 @@ class Task:
     def terminated(self, model: mjx.Model, data: mjx.Data, info: dict) -> jax.Array:
         """True where the episode ends by failure (not by the time limit)."""
         return ~(jnp.all(jnp.isfinite(data.qpos)) & jnp.all(jnp.isfinite(data.qvel)))
+
+    def command(self, info: dict) -> jax.Array:
+        """The task command the policy follows at this step (shape `(command_size,)`)."""
+        return jnp.zeros((self.command_size,), jnp.float32)
 
     def update_info(self, model: mjx.Model, data: mjx.Data, action: jax.Array, info: dict, key: jax.Array) -> dict:
         """Advance task state kept in `info` (commands, previous action, ...) after a step."""
