@@ -99,15 +99,80 @@ def _not_built(stage: str, issue: int) -> None:
 
 
 @app.command("generate-data")
-def generate_data_cmd(robot: str = RobotOpt, preset: str = PresetOpt) -> None:
-    """Stage 2: perturbed-action rollouts in MJX, labelled with reward and expert value."""
-    _not_built("generate-data", 3)
+def generate_data_cmd(
+    robot: str = RobotOpt,
+    preset: str = PresetOpt,
+    expert: Optional[Path] = typer.Option(None, "--expert", "-e", help="train-expert run [default: runs/<robot>/expert]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dataset path [default: runs/<robot>/data]."),
+    seed: int = SeedOpt,
+    set_: list[str] = typer.Option([], "--set", help="Override a config field, e.g. --set transitions=200000."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Stage 2: perturbed-action rollouts in MJX, labelled with reward and expert value.
+
+    The expert drives half of the episodes and the sub-optimal snapshots the rest, with
+    contiguous action-noise bursts. Written to a tensorstore (zarr v3) dataset in whole
+    episodes; run the same command again to continue an interrupted run.
+    """
+    from simdist.data.dataset import Dataset, format_info
+    from simdist.pipelines.generate_data import generate_data, make_config
+
+    cfg = make_config(robot, preset, seed, _parse_set(set_))
+    expert = expert or Path("runs") / robot / "expert"
+    out = out or Path("runs") / robot / "data"
+    result = generate_data(cfg, expert, out, show_progress=progress)
+    if result.added_transitions:
+        typer.echo(f"added {result.added_transitions:,} transitions in {result.seconds:.1f} s "
+                   f"({result.rate:,.0f} transitions/s)")
+    typer.echo(format_info(Dataset.open(out).info()))
 
 
 @app.command("distill")
-def distill_cmd(robot: str = RobotOpt, preset: str = PresetOpt) -> None:
-    """Stage 3: train the latent world model (encoder, dynamics, reward, value, policy prior)."""
-    _not_built("distill", 3)
+def distill_cmd(
+    robot: str = RobotOpt,
+    preset: str = PresetOpt,
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Stage 2 dataset [default: runs/<robot>/data]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run/model directory [default: runs/<robot>/model]."),
+    seed: int = SeedOpt,
+    set_: list[str] = typer.Option([], "--set", help="Override a config field, e.g. --set model.dynamics=mlp."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Stage 3: train the latent world model (encoder, dynamics, reward, value, policy prior).
+
+    Reports held-out latent error per horizon step, reward and value R² and the
+    behaviour-cloning error (metrics.json, horizon_error.png). Run the same command again to
+    resume an interrupted run.
+    """
+    from simdist.pipelines.distill import distill, make_config
+
+    cfg = make_config(robot, preset, seed, _parse_set(set_))
+    data = data or Path("runs") / robot / "data"
+    out = out or Path("runs") / robot / "model"
+    result = distill(cfg, data, out, show_progress=progress)
+    r = result.metrics
+    k = cfg.r2_steps
+    lat = r["latent_error_per_step"]
+    typer.echo(
+        f"{robot} world model ({preset}, {cfg.model.dynamics} dynamics, {r['parameters']:,} parameters), "
+        f"held-out over {r['windows']:,} windows:"
+    )
+    typer.echo(f"  reward R² {r[f'reward_r2_first_{k}']:.3f}, value R² {r[f'value_r2_first_{k}']:.3f} "
+               f"(first {k} horizon steps); behaviour-cloning action RMSE {r['bc_action_rmse']:.3f}")
+    typer.echo("  latent MSE by horizon step: " + " ".join(f"{x:.4f}" for x in lat[: min(len(lat), 8)])
+               + (" ..." if len(lat) > 8 else ""))
+    typer.echo(f"saved to {out}  (metrics.json, horizon_error.png, model.json, weights/)")
+
+
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("info")
+def data_info_cmd(path: Path = typer.Argument(..., help="A simdist dataset (generate-data or deploy --record).")) -> None:
+    """Size, episodes, fields, sources and normalisation statistics of a dataset."""
+    from simdist.data.dataset import Dataset, format_info
+
+    typer.echo(format_info(Dataset.open(path).info()))
 
 
 @app.command("finetune")
@@ -140,7 +205,14 @@ def robots_cmd() -> None:
             f"{p['name']} x[{p['low']}, {p['high']}]" if p["low"] is not None else p["name"] for p in d["randomized"]
         ]
         typer.echo(f"  randomised: {', '.join(rnd)}")
-        typer.echo(f"  reality gaps: {', '.join(robot.gaps) if robot.gaps else '(none yet)'}")
+        if robot.gaps:
+            from simdist.backends.gaps import describe_gaps, gap_keys
+
+            typer.echo(f"  reality gaps (--gap NAME, or KEY=VALUE,... with keys {', '.join(sorted(gap_keys(name)))}):")
+            for gap, text in describe_gaps(name).items():
+                typer.echo(f"    {gap:14s} {text}")
+        else:
+            typer.echo("  reality gaps: (none yet)")
 
 
 def _enable_compile_cache() -> None:

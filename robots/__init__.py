@@ -25,6 +25,9 @@ class Robot:
     # preset name -> ExpertConfig factory (seed as argument)
     expert_presets: dict[str, Callable[[int], object]]
     gaps: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    # preset name -> GenerateConfig factory (Stage 2) and DistillConfig factory (Stage 3)
+    data_presets: dict[str, Callable[[int], object]] = dataclasses.field(default_factory=dict)
+    distill_presets: dict[str, Callable[[int], object]] = dataclasses.field(default_factory=dict)
 
     def expert_config(self, preset: str, seed: int = 0):
         if preset not in self.expert_presets:
@@ -32,6 +35,19 @@ class Robot:
                 f"robot '{self.name}' has no preset '{preset}'; presets: {', '.join(self.expert_presets)}"
             )
         return self.expert_presets[preset](seed)
+
+    def data_config(self, preset: str, seed: int = 0):
+        return self._preset(self.data_presets, "data", preset, seed)
+
+    def distill_config(self, preset: str, seed: int = 0):
+        return self._preset(self.distill_presets, "distill", preset, seed)
+
+    def _preset(self, presets, stage: str, preset: str, seed: int):
+        if preset not in presets:
+            raise ConfigError(
+                f"robot '{self.name}' has no {stage} preset '{preset}'; presets: {', '.join(presets) or 'none'}"
+            )
+        return presets[preset](seed)
 
     def make_task(self, env_config=None):
         return self.task_cls(env_config if env_config is not None else self.env_config_cls())

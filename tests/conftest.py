@@ -38,3 +38,15 @@ def tiny_expert(tmp_path_factory):
     cfg = make_config("cartpole", "tiny", seed=0)
     result = train_expert(cfg, out, show_progress=False)
     return result, out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_expert, tmp_path_factory):
+    """A tiny-preset Stage 2 dataset generated from the tiny expert: (Dataset, GenerateConfig)."""
+    from simdist.data.dataset import Dataset
+    from simdist.pipelines.generate_data import generate_data, make_config
+
+    out = tmp_path_factory.mktemp("data") / "cartpole"
+    cfg = make_config("cartpole", "tiny", seed=0)
+    generate_data(cfg, tiny_expert[1], out, show_progress=False)
+    return Dataset.open(out), cfg
