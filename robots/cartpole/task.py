@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from simdist._mjx import mjx
 from simdist.envs.task import EnvConfig, RandomizedParam, Task
@@ -128,6 +129,16 @@ class CartpoleTask(Task):
         small_velocity = (1.0 + _tolerance_gaussian(data.qvel[1], margin=5.0)) / 2.0
         r = upright * centred * small_control * small_velocity
         return r, {"upright": upright, "centred": centred}
+
+    def privileged_from_deployable(self, deployable):
+        """The deployable obs followed by zero parameter offsets (= the nominal parameters:
+        on a real robot the expert does not know the real ones). numpy or jax, any batch dims."""
+        xp = jnp if isinstance(deployable, jax.Array) else np
+        d = xp.asarray(deployable, dtype=xp.float32)
+        n_dep, n_priv = len(self.deployable_obs_names), len(self.privileged_obs_names)
+        if d.shape[-1:] != (n_dep,):
+            raise ValueError(f"cartpole: deployable observation must end in size {n_dep}, got shape {d.shape}")
+        return xp.concatenate([d, xp.zeros(d.shape[:-1] + (n_priv - n_dep,), xp.float32)], axis=-1)
 
     def update_info(self, model, data, action, info, key):
         return {"last_action": jnp.clip(action, -1.0, 1.0)}

@@ -100,6 +100,15 @@ class Task:
         """The task command the policy follows at this step (shape `(command_size,)`)."""
         return jnp.zeros((self.command_size,), jnp.float32)
 
+    def privileged_from_deployable(self, deployable):
+        """A privileged observation built from a deployable one, for running the Stage 1 expert
+        on a real robot (which has no privileged sensors). Robots that support it fill the
+        privileged-only entries with their nominal values; numpy in, numpy out; jax in, jax out."""
+        raise NotImplementedError(
+            f"robot '{self.name}' cannot build privileged observations from deployable ones, "
+            "so its expert cannot run on the real robot"
+        )
+
     def update_info(self, model: mjx.Model, data: mjx.Data, action: jax.Array, info: dict, key: jax.Array) -> dict:
         """Advance task state kept in `info` (commands, previous action, ...) after a step."""
         return info
