@@ -1,0 +1,283 @@
+"""Stage 4 (finetune) on data from a SHIFTED robot: frozen parts stay bit-identical, the ReDRAW
+residual starts as the zero-shot model, held-out latent error falls, bad inputs fail in one line,
+the output is a model directory, `max_transitions` limits the data, and resume is exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from simdist.errors import ConfigError, DatasetError, TrainingDivergedError
+
+REAL_EPISODES = 14
+REAL_STEPS = 150
+ACTION_NOISE = 0.3
+
+
+def record_real_data(path: Path, expert_dir: Path, *, gap: str = "default", episodes: int = REAL_EPISODES,
+                     steps: int = REAL_STEPS, noise: float = ACTION_NOISE, seed: int = 0) -> Path:
+    """Drive the sim-real cartpole (with a reality gap) with the tiny expert plus Gaussian action
+    noise; record what a real robot gives: deployable obs and the executed (clamped) actions."""
+    from simdist.backends import make_backend
+    from simdist.data.dataset import Dataset, DatasetSpec
+    from simdist.rl.policy import load_expert
+
+    policy = jax.jit(load_expert(expert_dir).policy_fn())
+    rng = np.random.default_rng(seed)
+    obs, act, lengths = [], [], []
+    with make_backend("sim-real", "cartpole", gap=gap, mode="lock-step", seed=seed) as robot:
+        spec = robot.spec
+        for ep in range(episodes):
+            o = robot.reset(seed=seed * 1000 + ep)
+            n = 0
+            for _ in range(steps):
+                privileged = np.concatenate([o, np.zeros(5, np.float32)])  # nominal parameter offsets
+                a = np.asarray(policy(privileged)) + noise * rng.standard_normal(spec.action_size)
+                a = np.clip(a, spec.action_low, spec.action_high).astype(np.float32)
+                obs.append(o)
+                act.append(a)
+                n += 1
+                o = robot.step(a)
+                if robot.done():
+                    break
+            lengths.append(n)
+    ds = Dataset.create(path, DatasetSpec(robot="cartpole", source="real", control_dt=spec.control_dt, obs_size=5,
+                                          action_size=1, labels=False, obs_names=spec.obs_names))
+    n_ep = len(lengths)
+    ds.append_episodes({"obs": np.stack(obs), "action": np.stack(act)}, np.asarray(lengths),
+                       np.full(n_ep, -1, np.int64), np.zeros(n_ep, np.int64))
+    ds.close()
+    return path
+
+
+def _small_dataset(path: Path, *, robot="cartpole", obs_size=5, control_dt=0.02, lengths=(150, 150, 150)) -> Path:
+    from simdist.data.dataset import Dataset, DatasetSpec
+
+    rng = np.random.default_rng(0)
+    n = int(sum(lengths))
+    ds = Dataset.create(path, DatasetSpec(robot=robot, source="real", control_dt=control_dt, obs_size=obs_size,
+                                          action_size=1, labels=False))
+    ds.append_episodes({"obs": rng.standard_normal((n, obs_size)).astype(np.float32),
+                        "action": rng.uniform(-1, 1, (n, 1)).astype(np.float32)},
+                       np.asarray(lengths), np.full(len(lengths), -1), np.zeros(len(lengths), np.int64))
+    ds.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_data(tiny_expert, tmp_path_factory):
+    return record_real_data(tmp_path_factory.mktemp("real") / "shifted", tiny_expert[1])
+
+
+@pytest.fixture(scope="module")
+def parent_dir(tiny_model):
+    return tiny_model[1].out
+
+
+@pytest.fixture(scope="module")
+def finetuned(parent_dir, real_data, tmp_path_factory):
+    """Both modes, tiny preset: {mode: FinetuneResult}."""
+    from simdist.pipelines.finetune import finetune, make_config
+
+    root = tmp_path_factory.mktemp("finetune")
+    return {mode: finetune(make_config("tiny", 0, mode), parent_dir, real_data, root / mode, show_progress=False)
+            for mode in ("dynamics", "residual")}
+
+
+def _leaves(model) -> dict[str, np.ndarray]:
+    flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model)))[0]
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
+
+
+@pytest.mark.parametrize("mode,block", [("dynamics", "dynamics_net"), ("residual", "residual_net")])
+def test_frozen_parameters_and_stats_are_bit_identical(finetuned, parent_dir, mode, block):
+    from simdist.models.io import load_model
+
+    parent = _leaves(load_model(parent_dir)[0])
+    tuned = _leaves(load_model(finetuned[mode].out)[0])
+    trainable = {k for k in tuned if f"'{block}'" in k}
+    assert trainable and set(tuned) - trainable == set(parent) - trainable
+    if mode == "residual":
+        assert not trainable & set(parent)  # the residual block is new; nothing else is
+    assert any("'norm'" in k for k in parent)  # the normalisation statistics are compared too
+    for k in parent:
+        if k not in trainable:
+            assert np.array_equal(parent[k], tuned[k]), k
+    if mode == "dynamics":
+        changed = [k for k in trainable if not np.array_equal(parent[k], tuned[k])]
+        assert len(changed) == len(trainable)
+    else:
+        assert np.abs(tuned["['residual_net']['fc2']['kernel']"]).max() > 0  # it left its zero init
+
+
+def test_residual_starts_as_the_zero_shot_model(finetuned, parent_dir, real_data):
+    from simdist.data.dataset import Dataset
+    from simdist.data.windows import WindowSampler
+    from simdist.models.io import load_model
+    from simdist.pipelines.finetune import eval_windows, latent_report, with_residual
+
+    parent, _ = load_model(parent_dir)
+    res = with_residual(parent, None)
+    assert res.cfg.residual_hidden == parent.cfg.latent_size // 2 and not parent.has_residual
+    ds = Dataset.open(real_data)
+    b = WindowSampler(ds, parent.cfg.history, parent.cfg.horizon, split="all").sample(16, np.random.default_rng(3))
+    outs = []
+    for m in (parent, res):
+        ctx = m.context(b["hist_obs"], b["hist_act"], b["obs"][:, 0])
+        pred = m.predict(ctx, b["act"])
+        z = pred["z"]
+        outs.append({"z0": ctx["z0"], "memory": ctx["memory"], **pred, "dyn": m.dynamics(ctx, b["act"][:, :5]),
+                     "r": m.reward(z[:, 0], b["act"][:, 0], z[:, 1]), "v": m.value(z[:, 3])})
+    for k in outs[0]:
+        np.testing.assert_array_equal(np.asarray(outs[0][k]), np.asarray(outs[1][k]), err_msg=k)
+    # The pipeline's step-0 held-out metric of the residual run is the parent's, exactly.
+    r = finetuned["residual"].metrics
+    assert r["latent_error_per_step_before"] == finetuned["dynamics"].metrics["latent_error_per_step_before"]
+    from simdist.pipelines.finetune import split_real_data
+
+    data = split_real_data(ds, parent.cfg.history, parent.cfg.horizon, heldout_fraction=0.2)
+    ref = latent_report(parent, eval_windows(data.heldout, 1024))
+    assert r["latent_error_before"] == ref["latent_error_mean"]
+    hist = [json.loads(x) for x in (finetuned["residual"].out / "history.jsonl").read_text().splitlines()]
+    assert hist[0]["step"] == 0 and hist[0]["heldout_latent"] == ref["latent_error_mean"]
+
+
+@pytest.mark.parametrize("mode", ["dynamics", "residual"])
+def test_finetuning_lowers_heldout_latent_error_on_the_shifted_robot(finetuned, parent_dir, mode):
+    from simdist.models.io import load_model
+    from simdist.models.world_model import DYNAMICS, count_params
+
+    m = finetuned[mode].metrics
+    print(f"\n{mode}: held-out latent {m['latent_error_before']:.4f} -> {m['latent_error_after']:.4f} "
+          f"(x{m['latent_error_ratio']:.2f}), {m['trainable_parameters']} trainable, "
+          f"{m['train_seconds_this_invocation']} s")
+    assert m["latent_error_after"] < 0.8 * m["latent_error_before"]
+    # Better at the far end of the horizon too, and better than "the latent stays put" there.
+    assert m["latent_error_per_step_after"][-1] < m["latent_error_per_step_before"][-1]
+    assert m["latent_error_per_step_after"][-1] < m["latent_error_hold_still_per_step"][-1]
+    hist = [json.loads(x) for x in (finetuned[mode].out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [0, 100, 200, 300]
+    assert hist[-1]["heldout_latent"] == pytest.approx(m["latent_error_after"], rel=1e-12)
+    parent = load_model(parent_dir)[0]
+    if mode == "dynamics":
+        assert m["trainable_parameters"] == count_params(parent, DYNAMICS)
+    else:
+        z, a, h = parent.cfg.latent_size, parent.cfg.action_size, parent.cfg.latent_size // 2
+        assert m["trainable_parameters"] == (z + a) * h + h + 2 * h + h * z + z  # fc1, LayerNorm, fc2
+    used = m["real_data"]
+    assert used["transitions"] == 150 * used["episodes"] and used["seconds"] == pytest.approx(3.0 * used["episodes"])
+    assert used["episodes"] + used["heldout_episodes"] == REAL_EPISODES
+    assert (finetuned[mode].out / "latent_error.png").stat().st_size > 1000
+
+
+def test_bad_inputs_fail_with_one_line(parent_dir, tmp_path):
+    from simdist.pipelines.finetune import finetune, make_config
+
+    cfg = make_config("tiny", 0, "dynamics", {"steps": 2})
+    cases = [
+        (_small_dataset(tmp_path / "other", robot="quadruped"), "not 'cartpole'"),
+        (_small_dataset(tmp_path / "obs4", obs_size=4), "expected \\(5,\\)"),
+        (_small_dataset(tmp_path / "dt", control_dt=0.01), "control_dt"),
+        (_small_dataset(tmp_path / "one", lengths=(150,)), "at least 2"),
+        (_small_dataset(tmp_path / "short", lengths=(6, 150, 150)), "record more"),  # episode 0 is held out
+    ]
+    for path, match in cases:
+        with pytest.raises(DatasetError, match=match) as e:
+            finetune(cfg, parent_dir, path, tmp_path / "out", show_progress=False)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="parent model"):
+        finetune(cfg, parent_dir, tmp_path / "other", parent_dir, show_progress=False)
+    with pytest.raises(ConfigError, match="mode"):
+        make_config("tiny", 0, "everything")
+
+
+def test_output_is_a_model_directory_and_max_transitions_limits_the_data(finetuned, parent_dir, real_data,
+                                                                         tmp_path):
+    from simdist.models.io import load_model
+    from simdist.pipelines.finetune import finetune, make_config
+
+    full = finetuned["residual"]
+    model, meta = load_model(full.out, robot="cartpole")
+    assert model.has_residual and model.cfg.residual_hidden == model.cfg.latent_size // 2
+    assert meta["source"] == "finetune" and meta["mode"] == "residual"
+    assert meta["parent_model"] == str(Path(parent_dir).resolve()) and meta["control_dt"] == 0.02
+    assert meta["real_data"] == str(Path(real_data).resolve())
+    assert meta["real_data_used"]["transitions"] == full.metrics["real_data"]["transitions"]
+    assert meta["finetune"]["mode"] == "residual" and meta["finetune"]["preset"] == "tiny"
+    # A residual model can be finetuned again: with_residual keeps its trained residual.
+    from simdist.pipelines.finetune import with_residual
+
+    before, again = _leaves(model), _leaves(with_residual(model, None, seed=5))
+    assert before.keys() == again.keys() and all(np.array_equal(before[k], again[k]) for k in before)
+    _, dmeta = load_model(finetuned["dynamics"].out)
+    assert dmeta["mode"] == "dynamics" and not load_model(finetuned["dynamics"].out)[0].has_residual
+
+    cfg = make_config("tiny", 0, "dynamics", {"steps": 2, "max_transitions": 700})
+    part = finetune(cfg, parent_dir, real_data, tmp_path / "few", show_progress=False)
+    used, all_ = part.metrics["real_data"], full.metrics["real_data"]
+    assert used["transitions"] == 600 and used["episodes"] == 4 and used["seconds"] == pytest.approx(12.0)
+    assert used["train_windows"] < all_["train_windows"]
+    # The held-out episodes do not depend on the amount of training data.
+    assert used["heldout_windows"] == all_["heldout_windows"]
+    assert part.metrics["latent_error_before"] == full.metrics["latent_error_before"]
+    assert load_model(part.out)[1]["real_data_used"]["transitions"] == 600
+
+
+def test_labelled_sim_data_is_accepted_and_its_labels_ignored(parent_dir, tiny_dataset, tmp_path, monkeypatch):
+    from simdist.models import train
+    from simdist.pipelines.finetune import finetune, make_config
+
+    seen = []
+    orig = train.WorldModelTrainer.step
+
+    def spy(self, batch, key):
+        seen.append(set(batch))
+        return orig(self, batch, key)
+
+    monkeypatch.setattr(train.WorldModelTrainer, "step", spy)
+    ds, _ = tiny_dataset
+    cfg = make_config("tiny", 0, "dynamics", {"steps": 2, "eval_windows": 64})
+    r = finetune(cfg, parent_dir, ds.path, tmp_path / "sim", show_progress=False)
+    assert r.metrics["real_data"]["source"] == "sim"
+    assert seen and all(keys == {"hist_obs", "hist_act", "obs", "act"} for keys in seen)
+
+
+def test_nan_loss_raises_training_diverged(parent_dir, real_data, tmp_path, monkeypatch):
+    from simdist.models import train
+    from simdist.pipelines.finetune import finetune, make_config
+
+    def nan_step(self, batch, key):
+        self.steps += 1
+        return {"loss": jnp.asarray(jnp.nan)}
+
+    monkeypatch.setattr(train.WorldModelTrainer, "step", nan_step)
+    cfg = make_config("tiny", 0, "dynamics", {"steps": 4, "eval_every": 2})
+    with pytest.raises(TrainingDivergedError, match="non-finite"):
+        finetune(cfg, parent_dir, real_data, tmp_path / "nan", show_progress=False)
+
+
+@pytest.mark.parametrize("mode", ["dynamics", "residual"])
+def test_resumed_finetune_matches_an_uninterrupted_run(parent_dir, real_data, tmp_path, mode):
+    from simdist.models.io import load_model
+    from simdist.pipelines.finetune import finetune, make_config
+
+    cfg = make_config("tiny", 0, mode, {"steps": 20, "eval_every": 10, "checkpoint_every": 10})
+    full = finetune(cfg, parent_dir, real_data, tmp_path / "full", show_progress=False)
+    out = tmp_path / "resumed"
+    part = finetune(cfg, parent_dir, real_data, out, show_progress=False, stop_after=10)
+    assert part.metrics is None and part.step == 10 and not (out / "model.json").exists()
+    done = finetune(cfg, parent_dir, real_data, out, show_progress=False)
+    assert done.started_at == 10
+    a, b = _leaves(load_model(full.out)[0]), _leaves(load_model(out)[0])
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert done.metrics["latent_error_after"] == full.metrics["latent_error_after"]
+    hist = [json.loads(x)["step"] for x in (out / "history.jsonl").read_text().splitlines()]
+    assert hist == [0, 10, 20]
