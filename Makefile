@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on the default robot. Stages that are not built yet are added as they land.
+# The main job on the default robot, end to end: expert, dataset, world model, zero-shot
+# deploy on the "real" cartpole, finetuning in both modes, deploy again; one table and a plot.
+# Each stage is skipped when its output is complete, so an interrupted demo continues.
 demo: $(STAMP)
 	$(BIN)/simdist robots
-	$(BIN)/simdist train-expert --robot cartpole --preset default --out runs/demo/cartpole/expert
-	$(BIN)/simdist eval-expert --expert runs/demo/cartpole/expert --episodes 32
+	$(BIN)/simdist demo --robot cartpole --preset default --out runs/demo/cartpole
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

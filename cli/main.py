@@ -94,10 +94,6 @@ def eval_expert_cmd(
         typer.echo(f"iteration {it:>6s}  {tag:8s}  return {r['mean']:8.2f} ± {r['std']:.2f}")
 
 
-def _not_built(stage: str, issue: int) -> None:
-    _fail(f"`simdist {stage}` is not built yet (tracked in issue #{issue})", code=3)
-
-
 @app.command("generate-data")
 def generate_data_cmd(
     robot: str = RobotOpt,
@@ -176,15 +172,96 @@ def data_info_cmd(path: Path = typer.Argument(..., help="A simdist dataset (gene
 
 
 @app.command("finetune")
-def finetune_cmd(robot: str = RobotOpt, preset: str = PresetOpt) -> None:
-    """Stage 4: finetune only the dynamics on real data (or a ReDRAW latent residual)."""
-    _not_built("finetune", 4)
+def finetune_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A model directory (distill or finetune output)."),
+    real_data: Path = typer.Option(..., "--real-data", help="Real-robot dataset (deploy --record)."),
+    mode: str = typer.Option("dynamics", "--mode", help="dynamics: train the dynamics only; residual: ReDRAW latent residual."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output model directory."),
+    preset: str = PresetOpt,
+    seed: int = SeedOpt,
+    set_: list[str] = typer.Option([], "--set", help="Override a config field, e.g. --set steps=500."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Stage 4: finetune only the dynamics on real data (or a ReDRAW latent residual).
+
+    Encoder, reward, value, policy prior and normalisation statistics stay frozen and
+    bit-identical. The loss is latent consistency only: real data needs no rewards or values.
+    """
+    from simdist.pipelines.finetune import finetune, make_config
+
+    cfg = make_config(preset, seed, mode, _parse_set(set_))
+    result = finetune(cfg, model, real_data, out, show_progress=progress)
+    m = result.metrics
+    used = m["real_data"]
+    typer.echo(
+        f"finetuned ({cfg.mode}, {m['trainable_parameters']:,} trainable parameters) on "
+        f"{used['transitions']:,} real steps in {used['episodes']} episodes ({used['seconds']:.0f} s of robot time): "
+        f"held-out latent MSE {m['latent_error_before']:.4f} -> {m['latent_error_after']:.4f}"
+    )
+    typer.echo(f"saved to {out}  (model.json, weights/, metrics.json)")
 
 
 @app.command("deploy")
-def deploy_cmd(robot: str = RobotOpt, preset: str = PresetOpt) -> None:
-    """Run the MPPI planner online against a robot and record real data."""
-    _not_built("deploy", 4)
+def deploy_cmd(
+    robot: str = RobotOpt,
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="World-model directory: plan with MPPI."),
+    expert: Optional[Path] = typer.Option(None, "--expert", "-e", help="Or run the Stage 1 expert policy instead."),
+    gap: Optional[str] = typer.Option("default", "--gap", "-g", help="Reality gap: a name (see `simdist robots`), "
+                                      "KEY=VALUE,... or a JSON file; 'none' for the nominal simulator."),
+    episodes: int = typer.Option(5, "--episodes", "-n", help="Episodes to run."),
+    record: Optional[Path] = typer.Option(None, "--record", help="Append the episodes to this real-data dataset."),
+    mppi: str = typer.Option("default", "--mppi", help="Planner preset: tiny | default | paper."),
+    mppi_horizon: Optional[int] = typer.Option(None, "--mppi-horizon", help="Plan this many steps "
+                                               "[default: the preset's, at most the model's horizon]."),
+    mode: str = typer.Option("lock-step", "--mode", help="lock-step (the robot waits) or real-time (it does not)."),
+    backend: str = typer.Option("sim-real", "--backend", help="Robot backend."),
+    episode_length: Optional[int] = typer.Option(None, "--episode-length", help="Control steps per episode."),
+    seed: int = SeedOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run the MPPI planner (or the expert) online against a robot, and record real data.
+
+    The controller sees the robot only through the robot interface. With the sim-real
+    backend the reported return comes from the simulator's ground truth, for evaluation
+    only; the planner never sees it.
+    """
+    import numpy as np
+
+    from simdist.pipelines.deploy import DeployConfig, deploy
+
+    if (model is None) == (expert is None):
+        raise SimdistError("give exactly one of --model (planner) or --expert (expert policy)")
+    cfg = DeployConfig(robot=robot, episodes=episodes, episode_length=episode_length, mppi=mppi,
+                       mppi_horizon=mppi_horizon, backend=backend,
+                       gap=gap, mode=mode, seed=seed)
+    res = deploy(cfg, model_dir=model, expert_dir=expert, record=record, show_progress=progress)
+    for i, (ret, steps) in enumerate(zip(res.returns, res.steps)):
+        shown = "n/a" if ret is None else f"{ret:8.2f}"
+        typer.echo(f"episode {i + 1:3d}: return {shown}  ({steps} steps)")
+    rets = [r for r in res.returns if r is not None]
+    if rets:
+        typer.echo(f"return {sum(rets) / len(rets):.2f} ± {float(np.std(rets)):.2f} over {len(rets)} episodes")
+    lat = res.latency_ms
+    typer.echo(f"controller latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; missed deadlines {res.missed_deadlines}")
+    if record is not None:
+        typer.echo(f"recorded {res.recorded_transitions:,} steps to {record}")
+
+
+@app.command("demo")
+def demo_cmd(
+    robot: str = RobotOpt,
+    preset: str = PresetOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Demo directory [default: runs/demo/<robot>]."),
+    gap: str = typer.Option("default", "--gap", "-g", help="Reality gap of the real robot."),
+    seed: int = SeedOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """The whole pipeline end to end: expert, data, world model, zero-shot deploy on the real
+    robot, finetuning in both modes on growing amounts of real data, deploy again; one table."""
+    from simdist.pipelines.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(robot=robot, preset=preset, seed=seed, gap=gap), out or Path("runs") / "demo" / robot,
+             show_progress=progress)
 
 
 @app.command("robots")

@@ -13,7 +13,6 @@ accept once the run has finished:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from simdist.models.train import WorldModelTrainer, make_optimizer
 from simdist.models.world_model import WorldModel, count_params
 from simdist.models.world_model import DYNAMICS as DYNAMICS_FILTER
 from simdist.progress import console, progress_bar
+from simdist.runlog import append_history, latest_train_state, save_figure, truncate_history
 from simdist.robots import get_robot
 
 TRAIN_STATE_KIND = "distill_train_state"
@@ -155,24 +155,7 @@ def plot_report(report: dict[str, Any], path: Path, title: str) -> None:
     a2.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _read_history(path: Path, step: int) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step", 0) <= step:
-                rows.append(row)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+    save_figure(fig, path)
 
 
 def distill(
@@ -199,16 +182,13 @@ def distill(
     meta_base = {"config": to_dict(cfg), "robot": cfg.robot}
 
     ckpts = Checkpoints(out / "checkpoints", max_to_keep=2)
-    start = ckpts.latest_step() or 0
-    if start:
-        meta = ckpts.meta(start)
-        if meta.get("kind") != TRAIN_STATE_KIND or meta.get("config") != to_dict(cfg):
-            raise CheckpointError(f"{out}/checkpoints/{start} does not belong to this run's config")
-        trainer.load_state_dict(ckpts.restore(start, trainer.state_dict()))
+    start, state = latest_train_state(ckpts, TRAIN_STATE_KIND, to_dict(cfg), trainer.state_dict(), out / "checkpoints")
+    if state is not None:
+        trainer.load_state_dict(state)
         if start < cfg.steps:
             console.print(f"resuming distill from step {start} of {cfg.steps}")
     history_path = out / "history.jsonl"
-    history = _read_history(history_path, start)
+    history = truncate_history(history_path, start)
 
     eval_set = held_windows.sample(cfg.eval_windows, np.random.default_rng([cfg.seed, 1]))
     key = jax.random.key(cfg.seed)
@@ -229,8 +209,7 @@ def distill(
             "windows_per_s": done * cfg.batch_size / max(time.perf_counter() - t0, 1e-9),
         }
         history.append(row)
-        with history_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_history(history_path, row)
         return f"latent {row['heldout_latent']:.4f}  R² r {row['heldout_reward_r2']:.3f} v {row['heldout_value_r2']:.3f}"
 
     if start == 0 and not history:

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -58,7 +57,7 @@ from simdist.models.finetune_config import FinetuneConfig, finetune_config
 from simdist.models.io import load_model, save_model
 from simdist.models.train import WorldModelTrainer, make_optimizer
 from simdist.models.world_model import DYNAMICS, RESIDUAL, WorldModel, count_params
-from simdist.pipelines.distill import _read_history
+from simdist.runlog import latest_train_state, truncate_history
 from simdist.progress import console, progress_bar
 
 TRAIN_STATE_KIND = "finetune_train_state"
@@ -335,16 +334,13 @@ def finetune(
     before = latent_report(model0, held)
 
     ckpts = Checkpoints(out / "checkpoints", max_to_keep=2)
-    start = ckpts.latest_step() or 0
-    if start:
-        meta = ckpts.meta(start)
-        if meta.get("kind") != TRAIN_STATE_KIND or meta.get("config") != to_dict(cfg):
-            raise CheckpointError(f"{out}/checkpoints/{start} does not belong to this run's config")
-        trainer.load_state_dict(ckpts.restore(start, trainer.state_dict()))
+    start, state = latest_train_state(ckpts, TRAIN_STATE_KIND, to_dict(cfg), trainer.state_dict(), out / "checkpoints")
+    if state is not None:
+        trainer.load_state_dict(state)
         if start < cfg.steps:
             console.print(f"resuming finetune from step {start} of {cfg.steps}")
     history_path = out / "history.jsonl"
-    history = _read_history(history_path, start)
+    history = truncate_history(history_path, start)
 
     key = jax.random.key(cfg.seed)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from simdist.config import to_dict, with_overrides
 from simdist.data.dataset import Dataset, DatasetSpec

@@ -30,6 +30,7 @@ from simdist.rl.config import ExpertConfig
 from simdist.rl.policy import SNAPSHOT_KIND, read_run_config, snapshot_state
 from simdist.rl.ppo import PPO, TrainState, make_evaluator, random_action, snapshot_action
 from simdist.robots import get_robot
+from simdist.runlog import truncate_history
 
 TRAIN_STATE_KIND = "ppo_train_state"
 
@@ -85,20 +86,6 @@ def _from_payload(p: dict[str, Any]) -> TrainState:
         key=jax.random.wrap_key_data(jnp.asarray(p["key"])),
         iteration=jnp.asarray(p["iteration"]),
     )
-
-
-def _truncate_history(path: Path, iteration: int) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if row.get("iteration", 0) <= iteration:
-                rows.append(row)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return rows
 
 
 def evaluate_expert_and_random(env: MjxEnv, ppo: PPO, ts: TrainState, num_envs: int, seed: int) -> dict[str, float]:
@@ -168,7 +155,7 @@ def train_expert(
         else:
             console.print(f"resuming {cfg.robot} expert from iteration {start} of {pcfg.num_iterations}")
     history_path = out / "history.jsonl"
-    history = _truncate_history(history_path, start)
+    history = truncate_history(history_path, start, key="iteration")
 
     snapshot_its = set(pcfg.snapshot_iterations())
 

@@ -50,3 +50,18 @@ def tiny_dataset(tiny_expert, tmp_path_factory):
     cfg = make_config("cartpole", "tiny", seed=0)
     generate_data(cfg, tiny_expert[1], out, show_progress=False)
     return Dataset.open(out), cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dataset, tmp_path_factory):
+    """A tiny-preset world model distilled from the tiny dataset: (DistillConfig, DistillResult).
+
+    `result.out` is a model directory (model.json + weights/) that deploy and finetune accept.
+    """
+    from simdist.pipelines.distill import distill, make_config
+
+    ds, _ = tiny_dataset
+    cfg = make_config("cartpole", "tiny", seed=0)
+    out = tmp_path_factory.mktemp("distill") / "model"
+    result = distill(cfg, ds.path, out, show_progress=False)
+    return cfg, result

@@ -17,7 +17,6 @@ from simdist.errors import CheckpointError, ConfigError, DatasetError, PlannerEr
 from simdist.models.io import load_model
 from simdist.pipelines.deploy import DeployConfig, deploy, episode_seed
 from simdist.planning.controller import (
-    ExpertController,
     PlannerController,
     ZeroController,
     world_model_plan_model,

@@ -13,14 +13,8 @@ from flax import nnx
 
 
 @pytest.fixture(scope="module")
-def tiny_distill(tiny_dataset, tmp_path_factory):
-    from simdist.pipelines.distill import distill, make_config
-
-    ds, _ = tiny_dataset
-    cfg = make_config("cartpole", "tiny", seed=0)
-    out = tmp_path_factory.mktemp("distill") / "model"
-    result = distill(cfg, ds.path, out, show_progress=False)
-    return cfg, result
+def tiny_distill(tiny_model):
+    return tiny_model
 
 
 def test_distill_learns_and_reports_heldout_metrics(tiny_distill):

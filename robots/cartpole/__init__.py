@@ -118,7 +118,7 @@ def _distill_tiny(seed: int) -> DistillConfig:
 def _distill_default(seed: int) -> DistillConfig:
     model = _wm(latent_size=64, encoder_hidden=(128, 128), history=8, horizon=16, d_model=64, n_heads=4,
                 n_layers=2, head_hidden=(128, 128))
-    return DistillConfig(robot="cartpole", preset="default", seed=seed, model=model, batch_size=256, steps=6000,
+    return DistillConfig(robot="cartpole", preset="default", seed=seed, model=model, batch_size=256, steps=3000,
                          lr_peak=1e-3, lr_final=1e-4, warmup_steps=300, eval_every=500, eval_windows=2048,
                          final_eval_windows=16_384, checkpoint_every=1000)
 
