@@ -29,7 +29,7 @@ class DemoConfig:
     gap: str = "default"
     eval_episodes: int = 5
     record_episodes: int = 20  # zero-shot episodes recorded as real data
-    data_amounts: tuple[int, ...] = (1500, 3000, 6000)  # real transitions used by finetuning
+    data_amounts: tuple[int, ...] = (1500, 3000, 4500)  # real transitions used by finetuning (at most)
     modes: tuple[str, ...] = ("dynamics", "residual")
     mppi: str = "default"
 
