@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from simdist.config import write_json
+from simdist.runlog import save_figure
 from simdist.progress import console
 
 
@@ -180,7 +181,4 @@ def plot_data_curve(rows: dict[str, Any], cfg: DemoConfig, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

@@ -13,6 +13,7 @@ accept once the run has finished:
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,21 +89,22 @@ def _batches(windows: dict[str, np.ndarray], size: int):
         yield {k: v[i : i + size] for k, v in windows.items()}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _hold_still(graphdef, state, obs):
+    """Baseline: predict that the latent stays where it is (z_{t+k} = z_t); also the targets'
+    variance. Module-level so that it compiles once, not at every evaluation."""
+    z = nnx.merge(graphdef, state).encode(obs)
+    return ((z[:, 1:] - z[:, :1]) ** 2).mean(axis=(0, 2)), z[:, 1:].var(axis=0).mean(axis=-1)
+
+
 def heldout_report(trainer: WorldModelTrainer, windows: dict[str, np.ndarray], batch_size: int, r2_steps: int) -> dict[str, Any]:
     """Held-out metrics over a fixed set of windows, aggregated over batches exactly."""
-    model = trainer.model()
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def hold_still(state, obs):
-        # Baseline: predict that the latent stays where it is (z_{t+k} = z_t).
-        z = nnx.merge(graphdef, state).encode(obs)
-        return ((z[:, 1:] - z[:, :1]) ** 2).mean(axis=(0, 2)), z[:, 1:].var(axis=0).mean(axis=-1)
+    graphdef, state = nnx.split(trainer.model())
 
     lat, base, tvar, rp, vp, rl, vl, bc = [], [], [], [], [], [], [], []
     for b in _batches(windows, batch_size):
         m = jax.device_get(trainer.evaluate(b))
-        hs, tv = jax.device_get(hold_still(state, jnp.asarray(b["obs"])))
+        hs, tv = jax.device_get(_hold_still(graphdef, state, jnp.asarray(b["obs"])))
         lat.append(m["latent_h"]), base.append(hs), tvar.append(tv)
         rp.append(m["reward_pred"]), vp.append(m["value_pred"]), bc.append(float(m["bc_mse_raw"]))
         rl.append(b["reward"]), vl.append(b["value"])

@@ -57,7 +57,7 @@ from simdist.models.finetune_config import FinetuneConfig, finetune_config
 from simdist.models.io import load_model, save_model
 from simdist.models.train import WorldModelTrainer, make_optimizer
 from simdist.models.world_model import DYNAMICS, RESIDUAL, WorldModel, count_params
-from simdist.runlog import latest_train_state, truncate_history
+from simdist.runlog import latest_train_state, save_figure, truncate_history
 from simdist.progress import console, progress_bar
 
 TRAIN_STATE_KIND = "finetune_train_state"
@@ -275,10 +275,7 @@ def plot_before_after(metrics: dict[str, Any], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 # ---- the pipeline ------------------------------------------------------------------------

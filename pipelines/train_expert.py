@@ -30,7 +30,7 @@ from simdist.rl.config import ExpertConfig
 from simdist.rl.policy import SNAPSHOT_KIND, read_run_config, snapshot_state
 from simdist.rl.ppo import PPO, TrainState, make_evaluator, random_action, snapshot_action
 from simdist.robots import get_robot
-from simdist.runlog import truncate_history
+from simdist.runlog import save_figure, truncate_history
 
 TRAIN_STATE_KIND = "ppo_train_state"
 
@@ -118,10 +118,7 @@ def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def train_expert(

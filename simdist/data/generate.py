@@ -35,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from simdist.config import from_dict
 from simdist.envs.mjx_env import EnvState, MjxEnv
 from simdist.rl.ppo import make_policy_fn, make_value_fn
 
@@ -79,17 +78,6 @@ class GenerateConfig:
     flush_transitions: int = 50_000  # append to the dataset when this many are waiting
     episode_length: int | None = None  # None: the expert's episode length
     perturb: PerturbConfig = PerturbConfig()
-
-    def to_dict(self) -> dict[str, Any]:
-        from simdist.config import to_dict
-
-        return to_dict(self)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> "GenerateConfig":
-        d = dict(d)
-        d["perturb"] = from_dict(PerturbConfig, d.get("perturb", {}))
-        return from_dict(GenerateConfig, d)
 
 
 # ---- the phase process -------------------------------------------------------------------

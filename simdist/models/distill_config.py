@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from simdist.config import from_dict, to_dict
 from simdist.errors import ConfigError
 from simdist.models.world_model import WorldModelConfig
 
@@ -38,12 +36,3 @@ class DistillConfig:
             raise ConfigError("heldout_fraction must lie in (0, 1)")
         if not 1 <= self.r2_steps <= self.model.horizon:
             raise ConfigError(f"r2_steps must lie in [1, horizon={self.model.horizon}]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> "DistillConfig":
-        d = dict(d)
-        d["model"] = WorldModelConfig.from_dict(d["model"])
-        return from_dict(DistillConfig, d)

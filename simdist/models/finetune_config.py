@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from simdist.config import from_dict, to_dict, with_overrides
+from simdist.config import with_overrides
 from simdist.errors import ConfigError
 
 MODES = ("dynamics", "residual")
@@ -87,13 +87,6 @@ class FinetuneConfig:
     def lr_scale(self) -> float:
         """The factor on lr_peak / lr_final for this mode (the residual's multiplier)."""
         return self.residual_lr_multiplier if self.mode == "residual" else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> "FinetuneConfig":
-        return from_dict(FinetuneConfig, d)
 
 
 def _tiny(seed: int) -> FinetuneConfig:

@@ -160,7 +160,9 @@ class PlannerController(Controller):
         previous output (committed) would compile the step twice, the second time in the
         middle of an episode.
         """
-        action, new_state, diag = self._step_fn(self.params, hist_obs, hist_act, obs, command, state, key)
+        # One device-to-host transfer for everything the step returns.
+        action, new_state, diag = jax.device_get(self._step_fn(self.params, hist_obs, hist_act, obs, command,
+                                                               state, key))
         return np.asarray(action, np.float32), _host_state(new_state), _floats(diag)
 
     def _obs(self, obs) -> np.ndarray:
