@@ -175,7 +175,10 @@ def init_gen_state(env: MjxEnv, bank: PolicyBank, cfg: PerturbConfig, key: jax.A
     env_state = env.batch_reset(k_env, num_envs)
     noise = jax.vmap(lambda k: init_noise(k, env.action_size, cfg))(jax.random.split(k_noise, num_envs))
     policy = jax.vmap(lambda k: draw_policy(k, bank.size, cfg.expert_probability))(jax.random.split(k_pol, num_envs))
-    return GenState(env=env_state, noise=noise, policy=policy, key=jax.random.split(k_next, num_envs))
+    gs = GenState(env=env_state, noise=noise, policy=policy, key=jax.random.split(k_next, num_envs))
+    # Commit every leaf to the device, as the chunk function's outputs are: otherwise jit
+    # specialises the second call on the changed placement and compiles the rollout twice.
+    return jax.device_put(gs, jax.devices()[0])
 
 
 def make_chunk_fn(env: MjxEnv, bank: PolicyBank, cfg: PerturbConfig, chunk_steps: int, action_low=-1.0, action_high=1.0):
