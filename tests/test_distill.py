@@ -88,6 +88,19 @@ def test_cli_rejects_bad_datasets_with_one_line(tiny_dataset, tmp_path):
     assert info.returncode == 0, info.stderr
     assert "cartpole" in info.stdout and "obs" in info.stdout and "sim" in info.stdout
     (tmp_path / "junk").mkdir()
+    # A dataset of another robot, and one with a field missing.
+    import shutil
+
+    other, holed = tmp_path / "other", tmp_path / "holed"
+    shutil.copytree(ds.path, other)
+    meta = json.loads((other / "zarr.json").read_text())
+    meta["attributes"]["robot"] = "quadruped"
+    (other / "zarr.json").write_text(json.dumps(meta))
+    shutil.copytree(ds.path, holed)
+    shutil.rmtree(holed / "value")
+    for data, needle in ((other, "not 'cartpole'"), (holed, "missing field 'value'")):
+        r = _cli("distill", "--data", str(data), "--out", str(tmp_path / "m0"), "--preset", "tiny")
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     cases = [
         ("distill", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m1"), "--preset", "tiny"),
         ("distill", "--data", str(tmp_path / "junk"), "--out", str(tmp_path / "m2"), "--preset", "tiny"),
