@@ -11,6 +11,7 @@ from simdist.errors import ConfigError, UnknownRobotError
 # name -> module that defines ROBOT. Modules are imported on first use.
 _MODULES = {
     "cartpole": "simdist.robots.cartpole",
+    "quadruped": "simdist.robots.quadruped",
 }
 
 PRESETS = ("tiny", "default", "paper")

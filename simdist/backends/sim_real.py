@@ -83,6 +83,13 @@ class SimRealAdapter:
         if self._gap_module is not None:
             self._gap_module.apply_gap(model, physical)
 
+    def load_gapped_model(self, gap: Mapping[str, float]) -> mujoco.MjModel:
+        """The real robot's model: the nominal one with the gap applied. Robots whose gap
+        needs a recompiled model (a moved static geom) override this."""
+        model = self.load_model()
+        self.apply_gap(model, gap)
+        return model
+
     def spec(self, model: mujoco.MjModel) -> RobotSpec:
         t = self.task
         return RobotSpec(
@@ -110,6 +117,15 @@ class SimRealAdapter:
 
     def safety_fault(self, model, data) -> str | None:
         return None
+
+    def command(self) -> np.ndarray:
+        """The task command the robot is given (the deploy command); zeros by default."""
+        return np.zeros((int(self.task.command_size),), np.float32)
+
+    def after_tick(self, model, data, commanded: np.ndarray) -> None:
+        """Called once per control period after the physics and the reward, before the
+        sensors are read, with the action the planner commanded (robots whose observation
+        holds the previous action or other controller state update it here)."""
 
 
 def _tolerance_gaussian(x, margin: float, value_at_margin: float = 0.1):
@@ -227,8 +243,7 @@ class SimRealRobot(RobotInterface):
 
     # ---- hooks -------------------------------------------------------------------------
     def _connect(self) -> None:
-        model = self._adapter.load_model()
-        self._adapter.apply_gap(model, self.gap)
+        model = self._adapter.load_gapped_model(self.gap)
         self._model = model
         self._data = mujoco.MjData(model)
         self._probe = SimRealProbe(self)
@@ -307,6 +322,9 @@ class SimRealRobot(RobotInterface):
     def _safety_fault(self):
         return self._fault
 
+    def _command(self) -> np.ndarray:
+        return self._adapter.command()
+
     def _extra_stats(self) -> dict[str, Any]:
         s = {
             "mode": self.mode,
@@ -362,6 +380,7 @@ class SimRealRobot(RobotInterface):
         self._tick += 1
         self._counters["control_steps"] += 1
         self._probe._record(commanded)
+        self._adapter.after_tick(m, d, commanded)
         self._sense()
         self._compute_s += time.perf_counter() - t
         if fault is not None and self._fault is None:
