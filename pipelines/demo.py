@@ -28,7 +28,7 @@ class DemoConfig:
     preset: str = "default"
     seed: int = 0
     gap: str = "default"
-    eval_episodes: int = 5
+    eval_episodes: int = 10
     record_episodes: int = 20  # zero-shot episodes recorded as real data
     data_amounts: tuple[int, ...] = (1500, 3000, 4500)  # real transitions used by finetuning (at most)
     modes: tuple[str, ...] = ("dynamics", "residual")
