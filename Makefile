@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cartpole.py
+	$(BIN)/python benchmarks/bench_quadruped.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -29,11 +29,11 @@ def machine() -> dict:
     }
 
 
-def bench_env(batch_sizes, steps: int) -> list[dict]:
+def bench_env(batch_sizes, steps: int, robot: str = "cartpole") -> list[dict]:
     from simdist.envs import MjxEnv
     from simdist.robots import get_robot
 
-    robot = get_robot("cartpole")
+    robot = get_robot(robot)
     env = MjxEnv(robot.make_task(robot.expert_config("default").env))
     rows = []
     for n in batch_sizes:
@@ -245,9 +245,9 @@ def bench_distill(presets, steps: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def bench_planner(presets, steps: int) -> list[dict]:
+def bench_planner(presets, steps: int, robot: str = "cartpole") -> list[dict]:
     """Latency of one control step of the deploy controller (context encoding + MPPI plan)
-    with the cartpole's default world model architecture (untrained weights: the cost does
+    with the robot's default world model architecture (untrained weights: the cost does
     not depend on them), per MPPI preset and dynamics variant."""
     import dataclasses
 
@@ -260,17 +260,18 @@ def bench_planner(presets, steps: int) -> list[dict]:
     from simdist.planning.mppi import get_preset
 
     rows = []
-    base = make_config("cartpole", "default", 0).model
+    base = make_config(robot, "default", 0).model
+    ones = np.ones(base.action_size, np.float32)
     rng = np.random.default_rng(0)
     for dyn in ("transformer", "mlp"):
         for preset in presets:
             mppi = get_preset(preset)
             mcfg = dataclasses.replace(base, dynamics=dyn, horizon=max(base.horizon, mppi.horizon))
             model = WorldModel(mcfg, rngs=nnx.Rngs(0))
-            ctrl = PlannerController(model, mppi, np.array([-1.0], np.float32), np.array([1.0], np.float32))
-            ctrl.warmup(5, 0)
-            obs = rng.standard_normal(5).astype(np.float32)
-            cmd = np.zeros(0, np.float32)
+            ctrl = PlannerController(model, mppi, -ones, ones)
+            ctrl.warmup(base.obs_size, base.command_size)
+            obs = rng.standard_normal(base.obs_size).astype(np.float32)
+            cmd = np.zeros(base.command_size, np.float32)
             ctrl.reset(obs, cmd)
             times = []
             for _ in range(steps if preset != "paper" else max(5, steps // 10)):
@@ -279,7 +280,7 @@ def bench_planner(presets, steps: int) -> list[dict]:
                 times.append((time.perf_counter() - t0) * 1e3)
             t = np.asarray(times)
             n_cand = mppi.samples + mppi.prior_samples + 1
-            rows.append({"dynamics": dyn, "preset": preset, "horizon": mppi.horizon, "candidates": n_cand,
+            rows.append({"robot": robot, "dynamics": dyn, "preset": preset, "horizon": mppi.horizon, "candidates": n_cand,
                          "iterations": mppi.iterations, "p50_ms": float(np.percentile(t, 50)),
                          "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "calls": len(t)})
             print(f"  planner {dyn:11s} {preset:8s}: p50 {np.percentile(t, 50):7.1f} ms  p99 {np.percentile(t, 99):7.1f} ms",

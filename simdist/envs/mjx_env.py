@@ -6,7 +6,9 @@ drawn again at every reset, so domain randomisation needs no batched model.
 
 Auto-reset: when an episode ends, `step` returns the first state of a fresh episode, and keeps
 the last observation of the ended one in `final_obs` (for value bootstrapping on truncation)
-and its return in `completed_return`.
+and its return in `completed_return`. `batch_step` equals `jax.vmap(step)` (bit for bit on the cartpole) but
+builds fresh states only at steps where some env ended (a batch-level `lax.cond`); hot loops
+use it.
 """
 
 from __future__ import annotations
@@ -89,12 +91,11 @@ class MjxEnv:
             completed_return=zero,
         )
 
-    # ---- API ---------------------------------------------------------------------------
-    def reset(self, key: jax.Array) -> EnvState:
-        return self._fresh(key)
+    def _advance(self, state: EnvState, action: jax.Array) -> tuple[EnvState, jax.Array]:
+        """One control step (n_substeps physics steps) without auto-reset.
 
-    def step(self, state: EnvState, action: jax.Array) -> EnvState:
-        """One control step (n_substeps physics steps), then auto-reset if the episode ended."""
+        Returns the stepped state and the key a reset of this env would use (`_maybe_reset`).
+        """
         task = self.task
         model = self.model_for(state.params)
         key, k_info, k_reset = jax.random.split(state.key, 3)
@@ -129,22 +130,61 @@ class MjxEnv:
             episode_return=episode_return,
             completed_return=episode_return,
         )
-        done = terminated | truncated
+        return stepped, k_reset
+
+    def _maybe_reset(self, stepped: EnvState, k_reset: jax.Array) -> EnvState:
+        """Auto-reset one env: a fresh episode (from `k_reset`) if `stepped` ended, else `stepped`.
+
+        The fresh state keeps the ended episode's reward, end flags, last privileged obs
+        (`final_obs`) and return (`completed_return`).
+        """
         fresh = self._fresh(k_reset)
         fresh = fresh.replace(
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            final_obs=priv,
-            completed_return=episode_return,
+            reward=stepped.reward,
+            terminated=stepped.terminated,
+            truncated=stepped.truncated,
+            final_obs=stepped.privileged_obs,
+            completed_return=stepped.episode_return,
         )
+        done = stepped.done
         return jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, stepped)
+
+    # ---- API ---------------------------------------------------------------------------
+    def reset(self, key: jax.Array) -> EnvState:
+        return self._fresh(key)
+
+    def step(self, state: EnvState, action: jax.Array) -> EnvState:
+        """One control step (n_substeps physics steps), then auto-reset if the episode ended.
+
+        Single env; under `jax.vmap` the reset is computed for every env at every step and
+        selected with `where`. `batch_step` gives the same result and builds fresh states only
+        at steps where some env ended.
+        """
+        return self._maybe_reset(*self._advance(state, action))
 
     def batch_reset(self, key: jax.Array, num_envs: int) -> EnvState:
         return jax.vmap(self.reset)(jax.random.split(key, num_envs))
 
     def batch_step(self, state: EnvState, action: jax.Array) -> EnvState:
-        return jax.vmap(self.step)(state, action)
+        """`jax.vmap(self.step)` with lazy auto-reset.
+
+        The physics/reward/obs part (`_advance`) is vmapped over envs; fresh states (domain
+        randomisation, initial state, `mjx.forward`, observe) are built only inside a
+        batch-level `lax.cond` taken when some env ended at this step. Outside any vmap that is
+        a real branch, so steps where no episode ends skip the reset work entirely.
+
+        Same keys, same formulas as `jax.vmap(self.step)`; the cartpole matches it bit for bit.
+        On the quadruped a freshly reset env can differ in the last bit of some contact fields
+        (XLA compiles the reset differently alone than fused with the physics); the tests
+        compare to a tight tolerance there. (Under an outer vmap the cond becomes a select
+        and both branches run.)
+        """
+        stepped, k_reset = jax.vmap(self._advance)(state, action)
+        return jax.lax.cond(
+            jnp.any(stepped.done),
+            lambda: jax.vmap(self._maybe_reset)(stepped, k_reset),
+            lambda: stepped,
+        )
 
     @property
     def deployable_obs_size(self) -> int:
