@@ -191,6 +191,10 @@ def test_describe_gaps_one_line_each():
     assert all("\n" not in t for t in text.values())
     assert "pole_mass x2" in text["default"] and "latency 1 step" in text["default"]
     assert text["none"].startswith("no gap")
+    # Absolute keys (degrees, kg) are not shown as multipliers.
+    q = describe_gaps("quadruped")
+    assert "slope = 10" in q["slippery-slope"] and "friction x0.15" in q["slippery-slope"]
+    assert "payload_kg = 3" in q["payload"]
 
 
 # ---- parse_gap -------------------------------------------------------------------------

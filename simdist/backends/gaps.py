@@ -45,6 +45,8 @@ class GapKey:
     integer: bool = False
     # Returns None when the value is valid, else what a valid value is ("must be > 0").
     check: Callable[[float], str | None] = _positive
+    # A multiplier of the nominal value (shown as "x2"); otherwise an absolute value ("= 10").
+    relative: bool = False
 
 
 GENERIC_KEYS: dict[str, GapKey] = {
@@ -56,7 +58,7 @@ GENERIC_DEFAULTS: dict[str, float] = {"latency": 0, "obs_noise": 0.0}
 
 def multiplier(name: str, doc: str, *, allow_zero: bool = False) -> GapKey:
     """A physical key given as a multiplier of the nominal MJCF value (1 = no change)."""
-    return GapKey(name, doc, check=_nonneg if allow_zero else _positive)
+    return GapKey(name, doc, check=_nonneg if allow_zero else _positive, relative=True)
 
 
 # ---- the robot's gap module ------------------------------------------------------------
@@ -207,8 +209,9 @@ def full_gap(robot, gap: Mapping[str, float]) -> dict[str, float]:
 
 
 # ---- describing ------------------------------------------------------------------------
-def describe_gap(gap: Mapping[str, float]) -> str:
-    """A short text of a gap's values: 'pole_mass x2, motor_gain x0.6, latency 1 step'."""
+def describe_gap(gap: Mapping[str, float], keys: Mapping[str, GapKey] | None = None) -> str:
+    """A short text of a gap's values: 'pole_mass x2, motor_gain x0.6, latency 1 step'.
+    Keys that `keys` marks as absolute (not multipliers) show as 'slope = 10'."""
     if not gap:
         return "no gap"
     parts = []
@@ -218,6 +221,8 @@ def describe_gap(gap: Mapping[str, float]) -> str:
             parts.append(f"latency {int(v)} step{'s' if int(v) != 1 else ''}")
         elif k == "obs_noise":
             parts.append(f"obs_noise {v:g}")
+        elif keys is not None and k in keys and not keys[k].relative:
+            parts.append(f"{k} = {v:g}")
         else:
             parts.append(f"{k} x{v:g}")
     return ", ".join(parts)
@@ -226,9 +231,10 @@ def describe_gap(gap: Mapping[str, float]) -> str:
 def describe_gaps(robot) -> dict[str, str]:
     """name -> 'values: why', one line per named gap, for `simdist robots`."""
     notes = gap_notes(robot)
+    keys = gap_keys(robot)
     out = {}
     for name, gap in robot_gaps(robot).items():
-        text = describe_gap(gap)
+        text = describe_gap(gap, keys)
         if notes.get(name):
             text = f"{text}: {notes[name]}"
         out[name] = text
