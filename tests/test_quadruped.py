@@ -219,6 +219,22 @@ def test_latency_gap_delays_the_action_by_one_step(robot):
         np.testing.assert_allclose(p.ctrl, np.clip(qt.DEFAULT_POSE + qt.ACTION_SCALE, *p.model.actuator_ctrlrange.T))
 
 
+def test_restarting_from_a_state_forgets_the_previous_action(robot):
+    """The observation's previous-action entries start at zero after reset and after the
+    probe's set_state, whatever was commanded before."""
+    i = qt.PROPRIO_NAMES.index("last_action_FL_hip")
+    with make_backend("sim-real", robot, "none") as b:
+        obs = b.reset(seed=0)
+        assert np.all(obs[i:i + 12] == 0)
+        obs = b.step(0.5 * np.ones(12))
+        np.testing.assert_allclose(obs[i:i + 12], 0.5)
+        d = b._data
+        obs = b.probe().set_state(d.qpos.copy(), d.qvel.copy())
+        assert np.all(obs[i:i + 12] == 0)
+        obs = b.reset(seed=1)
+        assert np.all(obs[i:i + 12] == 0)
+
+
 def test_sim_real_observation_matches_the_task(robot):
     """The numpy adapter gives the MJX task's deployable observation for the same state."""
     from simdist._mjx import mjx

@@ -53,9 +53,11 @@ class QuadrupedAdapter(SimRealAdapter):
              qt.DEFAULT_POSE + c.init_joint_noise * rng.uniform(-1, 1, 12)]
         )  # fmt: skip
         qvel = np.concatenate([c.init_vel_noise * rng.standard_normal(6), np.zeros(12)])
+        return qpos, qvel
+
+    def reset_memory(self):
         self._last_action = np.zeros(12)
         self._last_qvel = np.zeros(12)
-        return qpos, qvel
 
     def ctrl(self, model, data, action):
         target = qt.DEFAULT_POSE + qt.ACTION_SCALE * np.clip(action, -1.0, 1.0)

@@ -122,6 +122,10 @@ class SimRealAdapter:
         """The task command the robot is given (the deploy command); zeros by default."""
         return np.zeros((int(self.task.command_size),), np.float32)
 
+    def reset_memory(self) -> None:
+        """Forget controller-side state kept between ticks (the previous action of robots whose
+        observation holds it). Called whenever the episode (re)starts: reset and set_state."""
+
     def after_tick(self, model, data, commanded: np.ndarray) -> None:
         """Called once per control period after the physics and the reward, before the
         sensors are read, with the action the planner commanded (robots whose observation
@@ -277,6 +281,7 @@ class SimRealRobot(RobotInterface):
         self._fresh = False
         self._fault = None
         self._warn0 = np.array([d.warning[w].number for w in _BAD_STATE_WARNINGS])
+        self._adapter.reset_memory()
         self._probe._reset_episode()
         self._sense()
 
