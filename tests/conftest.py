@@ -65,3 +65,19 @@ def tiny_model(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("distill") / "model"
     result = distill(cfg, ds.path, out, show_progress=False)
     return cfg, result
+
+
+def array_fields(model) -> dict:
+    """The numeric array fields of an MJX (or MuJoCo) model, as numpy: name -> array. For
+    tests that check which fields randomisation or a gap changed."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    out = {}
+    for f in dataclasses.fields(model):
+        v = getattr(model, f.name)
+        if isinstance(v, (jax.Array, np.ndarray)) and np.issubdtype(np.asarray(v).dtype, np.number):
+            out[f.name] = np.asarray(v)
+    return out

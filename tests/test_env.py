@@ -12,6 +12,8 @@ import pytest
 
 from simdist.envs import MjxEnv
 
+from tests.conftest import array_fields as _array_fields
+
 
 def _np(x):
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -61,15 +63,6 @@ def test_observation_shapes_and_contents(cartpole_env):
     np.testing.assert_array_equal(s.privileged_obs[:, :5], s.deployable_obs)
     # The swing-up starts hanging: cos(theta) near -1.
     assert np.all(np.asarray(s.deployable_obs[:, 1]) < -0.95)
-
-
-def _array_fields(model):
-    out = {}
-    for f in dataclasses.fields(model):
-        v = getattr(model, f.name)
-        if isinstance(v, (jax.Array, np.ndarray)) and np.issubdtype(np.asarray(v).dtype, np.number):
-            out[f.name] = np.asarray(v)
-    return out
 
 
 def test_randomisation_changes_exactly_what_it_claims(cartpole_env):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import mujoco
@@ -14,6 +12,8 @@ from simdist.backends import make_backend
 from simdist.robots import get_robot
 from simdist.robots.quadruped import gaps as qg
 from simdist.robots.quadruped import task as qt
+
+from tests.conftest import array_fields as _array_fields
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -250,15 +250,6 @@ def test_sim_real_observation_matches_the_task(robot):
         info = {"last_action": jnp.asarray(b._adapter._last_action), "command": jnp.asarray(b.command())}
         dep, _ = task.observe(mx, dx, info)
         np.testing.assert_allclose(np.asarray(dep), obs, atol=1e-5)
-
-
-def _array_fields(model):
-    out = {}
-    for f in dataclasses.fields(model):
-        v = getattr(model, f.name)
-        if isinstance(v, (jax.Array, np.ndarray)) and np.issubdtype(np.asarray(v).dtype, np.number):
-            out[f.name] = np.asarray(v)
-    return out
 
 
 def test_randomisation_touches_only_declared_fields(robot):
