@@ -81,17 +81,28 @@ def train_expert_cmd(
 def eval_expert_cmd(
     expert: Path = typer.Option(..., "--expert", "-e", help="A train-expert run directory."),
     robot: Optional[str] = typer.Option(None, "--robot", "-r", help="Check the expert is for this robot."),
-    episodes: int = typer.Option(32, "--episodes", help="Episodes (parallel envs)."),
+    episodes: int = typer.Option(10, "--episodes", "-n", help="Episodes (parallel envs), one per env."),
+    command: Optional[str] = typer.Option(None, "--command", "-c", help="Fixed command, e.g. 0.5,0,0 (vx, vy, "
+                                          "yaw rate) [default: the robot's deploy command]; robots with a command only."),
+    last: Optional[int] = typer.Option(None, "--last", help="Evaluate the newest N snapshots [default: all]."),
     seed: int = SeedOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report here [default: <expert>/eval.json]."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Add a uniformly random policy's row."),
+    randomize: bool = typer.Option(True, "--randomize/--no-randomize", help="Domain randomisation as in training."),
 ) -> None:
-    """Evaluate every policy snapshot of an expert run in MJX, beside a random policy."""
-    from simdist.pipelines.train_expert import evaluate_snapshots
+    """Evaluate the policy snapshots of an expert run in MJX: return, episode length, falls and,
+    for robots with a velocity command, forward-velocity tracking error and distance.
 
-    rows = evaluate_snapshots(expert, robot, episodes, seed)
-    for r in rows:
-        tag = "random" if r["iteration"] < 0 else "expert" if r["final"] else "snapshot"
-        it = "-" if r["iteration"] < 0 else str(r["iteration"])
-        typer.echo(f"iteration {it:>6s}  {tag:8s}  return {r['mean']:8.2f} ± {r['std']:.2f}")
+    Every snapshot runs the same episodes (same seed, initial states and physics). Falls are
+    episodes ended by termination, not by the time limit.
+    """
+    from simdist.pipelines.eval_expert import eval_expert, format_table, parse_command
+
+    res = eval_expert(expert, robot, episodes=episodes, command=parse_command(command),
+                      snapshots="all" if last is None else last, seed=seed, randomize=randomize,
+                      random_baseline=baseline, out=json_out)
+    typer.echo(format_table(res.report))
+    typer.echo(f"saved to {res.path}")
 
 
 @app.command("generate-data")
@@ -173,7 +184,8 @@ def data_info_cmd(path: Path = typer.Argument(..., help="A simdist dataset (gene
 
 @app.command("finetune")
 def finetune_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="A model directory (distill or finetune output)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="A model directory (distill or finetune "
+                                         "output) [default: the real data's robot's shipped model]."),
     real_data: Path = typer.Option(..., "--real-data", help="Real-robot dataset (deploy --record)."),
     mode: str = typer.Option("dynamics", "--mode", help="dynamics: train the dynamics only; residual: ReDRAW latent residual."),
     out: Path = typer.Option(..., "--out", "-o", help="Output model directory."),
@@ -190,6 +202,17 @@ def finetune_cmd(
     from simdist.pipelines.finetune import finetune, make_config
 
     cfg = make_config(preset, seed, mode, _parse_set(set_))
+    if model is None:
+        from simdist.data.dataset import Dataset
+        from simdist.robots import get_robot
+
+        ds = Dataset.open(real_data)
+        robot = ds.spec.robot
+        ds.close()
+        model = get_robot(robot).pretrained("model")
+        if model is None:
+            raise SimdistError(f"robot '{robot}' ships no pretrained world model; give --model")
+        typer.echo(f"finetuning the shipped world model {model}")
     result = finetune(cfg, model, real_data, out, show_progress=progress)
     m = result.metrics
     used = m["real_data"]
@@ -229,8 +252,15 @@ def deploy_cmd(
 
     from simdist.pipelines.deploy import DeployConfig, deploy
 
-    if (model is None) == (expert is None):
+    if model is not None and expert is not None:
         raise SimdistError("give exactly one of --model (planner) or --expert (expert policy)")
+    if model is None and expert is None:
+        from simdist.robots import get_robot
+
+        model = get_robot(robot).pretrained("model")
+        if model is None:
+            raise SimdistError(f"robot '{robot}' ships no pretrained world model; give --model (planner) or --expert")
+        typer.echo(f"planning with the shipped world model {model}")
     cfg = DeployConfig(robot=robot, episodes=episodes, episode_length=episode_length, mppi=mppi,
                        mppi_horizon=mppi_horizon, backend=backend,
                        gap=gap, mode=mode, seed=seed)
@@ -241,10 +271,33 @@ def deploy_cmd(
     rets = [r for r in res.returns if r is not None]
     if rets:
         typer.echo(f"return {sum(rets) / len(rets):.2f} ± {float(np.std(rets)):.2f} over {len(rets)} episodes")
+    for name, m in res.metrics.items():
+        typer.echo(f"{name} {m['mean']:.3f} ± {m['std']:.3f} over {m['n']} episodes")
+    if res.safety_stops:
+        reasons = sorted({r.safety_stop for r in res.episodes if r.safety_stop})
+        typer.echo(f"safety stops: {res.safety_stops} of {len(res.episodes)} episodes ({'; '.join(reasons)})")
     lat = res.latency_ms
     typer.echo(f"controller latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; missed deadlines {res.missed_deadlines}")
     if record is not None:
         typer.echo(f"recorded {res.recorded_transitions:,} steps to {record}")
+
+
+@app.command("export")
+def export_cmd(
+    robot: str = RobotOpt,
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="World-model directory (distill or finetune output)."),
+    expert: Optional[Path] = typer.Option(None, "--expert", "-e", help="train-expert run: its final snapshot is kept."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export directory (model/, expert/, export.json)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export directory."),
+) -> None:
+    """A slim copy of a world model and an expert: weights, normalisation statistics and
+    configs only, checked to load. This is how robots/<robot>/pretrained is made."""
+    from simdist.pipelines.export import export
+
+    info = export(robot, out, model_dir=model, expert_dir=expert, overwrite=overwrite)
+    for kind in ("model", "expert"):
+        if kind in info:
+            typer.echo(f"{kind}: {info[kind]['source']} -> {out / kind} ({info[kind]['bytes'] / 2**20:.1f} MiB)")
 
 
 @app.command("demo")

@@ -83,6 +83,7 @@ class EpisodeReport:
     latency_max_ms: float
     missed_deadlines: int
     safety_stop: str | None  # the robot's stop reason when its safety limit ended the episode
+    metrics: dict[str, float] = field(default_factory=dict)  # the probe's robot metrics (evaluation only)
 
 
 @dataclass
@@ -100,6 +101,21 @@ class DeployResult:
     compile_s: float = 0.0
 
     @property
+    def safety_stops(self) -> int:
+        """Episodes ended by the robot's safety limit (for the quadruped: falls)."""
+        return sum(r.safety_stop is not None for r in self.episodes)
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Mean and std over episodes of each robot metric the probe reported."""
+        keys = sorted({k for r in self.episodes for k in r.metrics})
+        out = {}
+        for k in keys:
+            v = np.array([r.metrics[k] for r in self.episodes if k in r.metrics], np.float64)
+            out[k] = {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+        return out
+
+    @property
     def mean_return(self) -> float | None:
         vals = [r for r in self.returns if r is not None]
         return float(np.mean(vals)) if vals else None
@@ -108,6 +124,8 @@ class DeployResult:
         d = dataclasses.asdict(self)
         d["recorded"] = str(self.recorded) if self.recorded is not None else None
         d["mean_return"] = self.mean_return
+        d["safety_stops"] = self.safety_stops
+        d["metrics"] = self.metrics
         return d
 
 
@@ -307,6 +325,7 @@ def deploy(
                 stats = backend.stats
                 recorder.end_episode(terminated=safety)
                 ret = probe.episode_return if probe is not None else None
+                metrics = probe.episode_metrics() if probe is not None else {}
                 reports.append(EpisodeReport(
                     episode=ep,
                     seed=seed,
@@ -316,12 +335,15 @@ def deploy(
                     latency_max_ms=float(np.max(times)) if times else float("nan"),
                     missed_deadlines=int(stats.get("missed_deadlines", 0)),
                     safety_stop=stats.get("stop_reason") if safety else None,
+                    metrics=metrics,
                 ))
                 result.returns.append(ret)
                 result.steps.append(steps)
                 fields = {"steps": steps, "p50 ms": f"{np.percentile(times, 50):.2f}" if times else "-"}
                 if ret is not None:
                     fields["return"] = f"{ret:.2f}"
+                if "forward_progress_m" in metrics:
+                    fields["progress m"] = f"{metrics['forward_progress_m']:.2f}"
                 update(advance=1, **fields)
     except BaseException as e:
         # The robot is already stopped (and closed by `with backend`). Save the partial

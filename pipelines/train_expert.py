@@ -215,22 +215,3 @@ def train_expert(
     write_json(out / "metrics.json", metrics)
     plot_history(history, out / "training_curve.png", f"{cfg.robot} expert ({cfg.preset})")
     return TrainResult(out, start, it_reached, metrics)
-
-
-
-def evaluate_snapshots(run_dir: Path, robot: str | None, episodes: int, seed: int) -> list[dict[str, Any]]:
-    """Mean return of every snapshot of a run (and a random policy, iteration -1)."""
-    from simdist.rl.policy import load_snapshots
-
-    snaps = load_snapshots(run_dir, robot)
-    cfg = snaps[-1].config
-    env = MjxEnv(get_robot(cfg.robot).make_task(cfg.env))
-    key = jax.random.key(seed + 20_000)
-    run = make_evaluator(env, snapshot_action(snaps[-1].graphdef), episodes)
-    rows = []
-    for s in snaps:
-        ret = np.asarray(run((s.params, s.obs_stats), key))
-        rows.append({"iteration": s.iteration, "final": s.is_final, "mean": float(ret.mean()), "std": float(ret.std())})
-    ret = np.asarray(make_evaluator(env, random_action(env), episodes)(None, key))
-    rows.append({"iteration": -1, "final": False, "mean": float(ret.mean()), "std": float(ret.std())})
-    return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from pathlib import Path
 from typing import Callable
 
 from simdist.errors import ConfigError, UnknownRobotError
@@ -49,6 +50,13 @@ class Robot:
                 f"robot '{self.name}' has no {stage} preset '{preset}'; presets: {', '.join(presets) or 'none'}"
             )
         return presets[preset](seed)
+
+    def pretrained(self, kind: str) -> Path | None:
+        """The artifact this robot ships with the package, or None: `kind` is "model" (a
+        distilled world model, with its dataset's normalisation statistics) or "expert" (a
+        train-expert run holding the final policy snapshot). See docs/quadruped.md."""
+        path = Path(importlib.import_module(_MODULES[self.name]).__file__).parent / "pretrained" / kind
+        return path if path.is_dir() else None
 
     def make_task(self, env_config=None):
         return self.task_cls(env_config if env_config is not None else self.env_config_cls())

@@ -118,7 +118,7 @@ def test_cli_errors_are_one_line(tiny_expert, tmp_path):
     (other / "config.json").write_text(json.dumps(cfg))
     _assert_one_line_error(_cli("eval-expert", "--expert", str(other), "--robot", "cartpole"), "not 'cartpole'")
     _assert_one_line_error(_cli("eval-expert", "--expert", str(out), "--robot", "quadruped"), "not 'quadruped'")
-    _assert_one_line_error(_cli("deploy", "--robot", "cartpole"), "exactly one of --model")
+    _assert_one_line_error(_cli("deploy", "--robot", "cartpole"), "ships no pretrained world model")
 
 
 def test_cli_lists_stages_and_robots():

@@ -290,3 +290,60 @@ def test_presets_and_world_model_layout(robot):
     task = robot.make_task()
     priv = task.privileged_from_deployable(np.zeros((2, 127), np.float32))
     assert priv.shape == (2, 139) and isinstance(priv, np.ndarray)
+
+
+def test_episode_metrics_measure_progress_along_the_start_heading(robot):
+    """Forward progress is the displacement along the start heading; the tracking errors are
+    the body-frame velocity against the command, per control tick."""
+    from simdist.robots.quadruped.sim_real import QuadrupedAdapter
+
+    ad = QuadrupedAdapter(robot)
+    yaw = np.deg2rad(30.0)
+    quat = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+    T = 50
+    heading = np.array([np.cos(yaw), np.sin(yaw)])
+    qpos = np.zeros((T + 1, 19))
+    qpos[:, 3:7] = quat
+    qpos[:, :2] = np.linspace(0.0, 1.0, T + 1)[:, None] * heading + np.array([0.0, 0.3]) * np.arange(T + 1)[:, None] / T
+    qvel = np.zeros((T + 1, 18))
+    qvel[:, :2] = 0.4 * heading  # 0.4 m/s forward in the body frame
+    qvel[:, 5] = 0.1
+    m = ad.episode_metrics(qpos, qvel, np.tile([0.5, 0.0, 0.0], (T, 1)))
+    sideways = np.array([0.0, 0.3]) @ heading
+    assert m["forward_progress_m"] == pytest.approx(1.0 + sideways, abs=1e-9)
+    assert m["vx_mae"] == pytest.approx(0.1, abs=1e-9)
+    assert m["vy_mae"] == pytest.approx(0.0, abs=1e-9)
+    assert m["yaw_rate_mae"] == pytest.approx(0.1, abs=1e-9)
+
+
+def test_deploy_reports_progress_tracking_and_falls(robot, monkeypatch):
+    """Deploy reports the quadruped's metrics per episode from the probe: standing still
+    under the zero action makes no progress and misses the 0.5 m/s command by 0.5 m/s; a robot
+    started upside down is a fall (a safety stop)."""
+    import dataclasses
+
+    import simdist.pipelines.deploy as dep
+    from simdist.planning.controller import ZeroController
+
+    cfg = dep.DeployConfig(robot="quadruped", episodes=2, episode_length=40, gap="none")
+    res = dep.deploy(cfg, controller=ZeroController(12), show_progress=False)
+    assert res.safety_stops == 0
+    for ep in res.episodes:
+        assert abs(ep.metrics["forward_progress_m"]) < 0.05
+        assert ep.metrics["vx_mae"] == pytest.approx(0.5, abs=0.06)
+    assert res.metrics["forward_progress_m"]["n"] == 2
+    assert set(res.to_dict()["metrics"]) >= {"forward_progress_m", "vx_mae", "yaw_rate_mae"}
+
+    backends = []
+    monkeypatch.setattr(dep, "make_backend", lambda *a, **k: backends.append(make_backend(*a, **k)) or backends[-1])
+
+    class UpsideDown(ZeroController):
+        def reset(self, obs, command):  # test instrumentation: flip the robot over at the start
+            probe = backends[-1].probe()
+            q, v = probe.true_state()
+            q[3:7] = [0.0, 1.0, 0.0, 0.0]
+            probe.set_state(q, np.zeros_like(v))
+
+    res = dep.deploy(dataclasses.replace(cfg, episodes=1), controller=UpsideDown(12), show_progress=False)
+    assert res.safety_stops == 1 and res.steps[0] < 40
+    assert "fell" in res.episodes[0].safety_stop

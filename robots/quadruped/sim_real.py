@@ -46,7 +46,7 @@ class QuadrupedAdapter(SimRealAdapter):
 
     def initial_state(self, model, rng):
         c = self.config
-        yaw = rng.uniform(-np.pi, np.pi)
+        yaw = rng.uniform(-1.0, 1.0) * c.deploy_yaw_range  # placed facing +x (uphill on a slope gap)
         z = qt.HOME_Z + float(self._terrain.height(np.zeros(2), np))
         qpos = np.concatenate(
             [[0.0, 0.0, z, np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)],
@@ -93,6 +93,21 @@ class QuadrupedAdapter(SimRealAdapter):
             np.asarray(action, np.float64), self._last_action, self._last_qvel, self.command(), self.config.ctrl_dt, np,
         )  # fmt: skip
         return float(r)
+
+    def episode_metrics(self, qpos, qvel, commands):
+        # Forward progress: displacement along the start heading. Tracking: body-frame
+        # velocity against the command, per control tick.
+        yaw0 = qt.yaw_of(qpos[0, 3:7], np)
+        heading = np.array([np.cos(yaw0), np.sin(yaw0)])
+        v = np.stack([qt.quat_rotate_inv(q[3:7], w[0:3], np) for q, w in zip(qpos[1:], qvel[1:])])
+        yaw_rate = qvel[1:, 5]
+        return {
+            "forward_progress_m": float((qpos[-1, :2] - qpos[0, :2]) @ heading),
+            "vx_mae": float(np.mean(np.abs(v[:, 0] - commands[:, 0]))),
+            "vy_mae": float(np.mean(np.abs(v[:, 1] - commands[:, 1]))),
+            "yaw_rate_mae": float(np.mean(np.abs(yaw_rate - commands[:, 2]))),
+            "mean_vx": float(np.mean(v[:, 0])),
+        }
 
     def after_tick(self, model, data, commanded):
         self._last_action = np.clip(np.asarray(commanded, np.float64), -1.0, 1.0)

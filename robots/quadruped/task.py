@@ -130,6 +130,7 @@ class QuadrupedEnvConfig(EnvConfig):
     zero_command_probability: float = 0.1
     # The fixed command of the sim-real robot (deploy).
     deploy_command: tuple[float, float, float] = (0.5, 0.0, 0.0)
+    deploy_yaw_range: float = 0.1  # +- rad: the sim-real robot starts facing +x, up a slope gap
 
 
 # ---- terrain -----------------------------------------------------------------------------

@@ -126,6 +126,15 @@ class SimRealAdapter:
         """Forget controller-side state kept between ticks (the previous action of robots whose
         observation holds it). Called whenever the episode (re)starts: reset and set_state."""
 
+    def episode_metrics(self, qpos: np.ndarray, qvel: np.ndarray, commands: np.ndarray) -> dict[str, float]:
+        """Evaluation metrics of one episode from its true trajectory (for the deploy report).
+
+        `qpos`/`qvel` rows are the start state and then the state after each control tick
+        (T + 1 rows); `commands` holds the robot's command at each tick (T rows). None by
+        default; the quadruped reports forward progress and velocity tracking error.
+        """
+        return {}
+
     def after_tick(self, model, data, commanded: np.ndarray) -> None:
         """Called once per control period after the physics and the reward, before the
         sensors are read, with the action the planner commanded (robots whose observation
@@ -421,10 +430,26 @@ class SimRealProbe:
 
     def _reset_episode(self) -> None:
         self.rewards: list[float] = []
+        d = self._b._data
+        self._qpos: list[np.ndarray] = [d.qpos.copy()] if d is not None else []
+        self._qvel: list[np.ndarray] = [d.qvel.copy()] if d is not None else []
+        self._commands: list[np.ndarray] = []
 
     def _record(self, commanded: np.ndarray) -> None:
         b = self._b
         self.rewards.append(b._adapter.reward(b._model, b._data, commanded))
+        self._qpos.append(b._data.qpos.copy())
+        self._qvel.append(b._data.qvel.copy())
+        self._commands.append(np.asarray(b._adapter.command(), np.float64).copy())
+
+    def episode_metrics(self) -> dict[str, float]:
+        """The robot's evaluation metrics of the episode so far (e.g. the quadruped's forward
+        progress in metres and velocity tracking error), from the true trajectory."""
+        if len(self._qpos) < 2:
+            return {}
+        cmd = np.stack(self._commands) if self._commands else np.zeros((0, 0))
+        return {k: float(v) for k, v in
+                self._b._adapter.episode_metrics(np.stack(self._qpos), np.stack(self._qvel), cmd).items()}
 
     @property
     def episode_return(self) -> float:
