@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean quadruped-artifacts quadruped-adaptation
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cartpole.py
 	$(BIN)/python benchmarks/bench_quadruped.py
+
+# Rebuild the artifacts the quadruped ships (robots/quadruped/pretrained) with the exact
+# commands and seeds of docs/quadruped.md: about 50 min on a 2-core CPU.
+Q := runs/quadruped
+quadruped-artifacts: $(STAMP)
+	$(BIN)/simdist train-expert --robot quadruped --preset default --seed 0 --out $(Q)/expert
+	$(BIN)/simdist generate-data --robot quadruped --preset default --seed 0 --expert $(Q)/expert --out $(Q)/data
+	$(BIN)/simdist distill --robot quadruped --preset default --seed 0 --data $(Q)/data --out $(Q)/model
+	$(BIN)/simdist export --robot quadruped --expert $(Q)/expert --model $(Q)/model --out robots/quadruped/pretrained --overwrite
+
+# The slippery-slope experiment of docs/quadruped.md on the shipped artifacts (~15 min).
+quadruped-adaptation: $(STAMP)
+	$(BIN)/python benchmarks/quadruped_adaptation.py --gap slippery-slope --out $(Q)/adaptation
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
