@@ -193,7 +193,7 @@ def test_describe_gaps_one_line_each():
     assert text["none"].startswith("no gap")
     # Absolute keys (degrees, kg) are not shown as multipliers.
     q = describe_gaps("quadruped")
-    assert "slope = 10" in q["slippery-slope"] and "friction x0.15" in q["slippery-slope"]
+    assert "slope = 4" in q["slippery-slope"] and "friction x0.15" in q["slippery-slope"]
     assert "payload_kg = 3" in q["payload"]
 
 
