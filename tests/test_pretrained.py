@@ -75,11 +75,12 @@ def _stats_arrays(model) -> dict:
 
 
 def test_deploy_and_finetune_default_to_the_shipped_model(tmp_path):
-    """`simdist deploy --robot quadruped` plans with the shipped model and records real data;
+    """`simdist deploy --robot quadruped` (no --model, no --gap) plans with the shipped model on
+    the default gap and records real data;
     `simdist finetune` without --model finetunes the shipped model on it."""
     runner = CliRunner()
     rec = tmp_path / "real"
-    r = runner.invoke(app, ["deploy", "--robot", "quadruped", "--gap", "slippery-slope", "--episodes", "2",
+    r = runner.invoke(app, ["deploy", "--robot", "quadruped", "--episodes", "2",
                             "--episode-length", "30", "--mppi", "tiny", "--record", str(rec), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "shipped world model" in r.output and "forward_progress_m" in r.output

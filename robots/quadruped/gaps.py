@@ -72,6 +72,8 @@ GAPS: dict[str, dict[str, float]] = {
     # 0.15), a walking one slips. (10 degrees made the flat-ground expert fall even at
     # friction 1; see docs/quadruped.md.)
     "slippery-slope": {"slope": 4.0, "friction": 0.15},
+    # What `simdist deploy --robot quadruped` gets without --gap: the headline experiment.
+    "default": {"slope": 4.0, "friction": 0.15},
     # Memory foam: a soft (5x time constant: 0.1 s) and overdamped (ratio 2) ground.
     "foam": {"floor_softness": 5.0, "floor_damping": 2.0},
     "payload": {"payload_kg": 3.0, "payload_x": 0.1, "payload_y": 0.05},
@@ -81,6 +83,7 @@ GAPS: dict[str, dict[str, float]] = {
 
 NOTES: dict[str, str] = {
     "none": "the training simulator's nominal model",
+    "default": "the same as slippery-slope (deploy's default gap)",
     "slippery-slope": "4 degree incline (uphill +x), friction 0.15 (training saw flat ground, 0.2-1.2)",
     "foam": "soft, damped ground: contact time constant 0.1 s, damping ratio 2 (training saw rigid ground)",
     "payload": "+3 kg 10 cm ahead and 5 cm left of the centre of mass (training saw -1..3 kg within 5 cm)",
