@@ -128,6 +128,44 @@ def test_height_scan_matches_mj_ray(terrain):
         assert np.ptp(want) > 0.02  # the terrain is not flat under the scan
 
 
+def test_randomised_incline_tilts_the_floor_and_the_terrain_follows():
+    """`slope_range_deg`: each sampled model tilts only the floor, within the range; MJX poses
+    the floor as MuJoCo compiles that incline; height scan, reward and fall test use it."""
+    from simdist._mjx import mjx
+
+    cfg = qt.QuadrupedEnvConfig(slope_range_deg=6.0)
+    task = qt.QuadrupedTask(cfg)
+    assert ("geom_quat", (task.floor_geom,)) in {(p.field, p.index) for p in task.randomized_params()}
+    model = mjx.put_model(task.mj_model())
+    kin = jax.jit(mjx.kinematics)
+    angles = []
+    for seed in range(4):
+        rnd = task.randomize(model, jax.random.key(seed))
+        changed = np.argwhere(np.asarray(rnd.geom_quat) != np.asarray(model.geom_quat))
+        assert set(changed[:, 0]) <= {task.floor_geom}
+        ter = task.terrain_for(rnd)
+        deg = float(np.rad2deg(np.arctan(float(ter.slope_tan))))
+        assert -6.0 <= deg <= 6.0
+        angles.append(deg)
+        # MuJoCo compiled with that incline: same floor pose as MJX's kinematics, same scan.
+        m = qt.build_model(qt.QuadrupedEnvConfig(terrain="slope", slope_deg=deg))
+        d = mujoco.MjData(m)
+        mujoco.mj_forward(m, d)
+        dx = kin(rnd, mjx.make_data(rnd))
+        np.testing.assert_allclose(np.asarray(dx.geom_xmat[task.floor_geom]), d.geom_xmat[task.floor_geom].reshape(3, 3),
+                                   atol=1e-6)  # fmt: skip
+        qpos = np.concatenate([[1.5, -0.7, 0.5], [np.cos(0.3), 0, 0, np.sin(0.3)], qt.DEFAULT_POSE])
+        np.testing.assert_allclose(np.asarray(qt.height_scan(ter, jnp.asarray(qpos, jnp.float32))),
+                                   _ray_scan(m, d, qpos), atol=2e-5)  # fmt: skip
+        # A robot standing nominally high above the tilted ground has not fallen; below it, it has.
+        z = float(ter.height(jnp.array([1.5, -0.7]))) + qt.HOME_Z
+        assert not bool(qt.fallen(ter, jnp.asarray(qpos).at[2].set(z)))
+        assert bool(qt.fallen(ter, jnp.asarray(qpos).at[2].set(z - 0.2)))
+    assert np.ptp(angles) > 2.0  # the inclines differ between episodes
+    with pytest.raises(ValueError, match="terrain 'flat'"):
+        qt.QuadrupedTask(qt.QuadrupedEnvConfig(slope_range_deg=6.0, terrain="rough"))
+
+
 def _arrays(m):
     out = {}
     for name in dir(m):

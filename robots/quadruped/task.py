@@ -112,6 +112,10 @@ class QuadrupedEnvConfig(EnvConfig):
     rough_size_m: float = 10.0  # side of the square heightfield, centred at the origin
     rough_resolution_m: float = 0.1
     rough_seed: int = 0
+    # Randomised incline: each episode tilts the floor by U(-a, a) degrees about y (uphill
+    # towards +x when positive; the robot's heading is random, so any direction relative to
+    # it). 0 = off. Needs terrain "flat"; the height scan, reward and fall test follow it.
+    slope_range_deg: float = 0.0
     # Domain randomisation.
     friction_range: tuple[float, float] = (0.2, 1.2)  # foot-ground friction (absolute, nominal 1)
     payload_range: tuple[float, float] = (-1.0, 3.0)  # kg added to the trunk
@@ -322,6 +326,10 @@ class QuadrupedTask(Task):
         self.foot_geoms = np.array([m.geom(n).id for n in FOOT_GEOMS_NAMES])
         self.ground_geoms = np.array([m.geom(n).id for n in ("floor", "rough") if _has_geom(m, n)])
         self.friction_geoms = np.concatenate([self.foot_geoms, self.ground_geoms])
+        self.floor_geom = int(m.geom("floor").id)
+        self.random_slope = config.slope_range_deg > 0
+        if self.random_slope and config.terrain != "flat":
+            raise ValueError(f"slope_range_deg needs terrain 'flat', not '{config.terrain}'")
         self._nominal = {
             "trunk_mass": float(m.body_mass[TRUNK_BODY]),
             "trunk_ipos": np.array(m.body_ipos[TRUNK_BODY]),
@@ -334,6 +342,14 @@ class QuadrupedTask(Task):
 
     def mj_model(self) -> mujoco.MjModel:
         return build_model(self.config)
+
+    def terrain_for(self, model) -> Terrain:
+        """The terrain of this (possibly randomised) model: the config's, or with a randomised
+        incline, the plane tilted as the model's floor is (traced under jit)."""
+        if not self.random_slope:
+            return self.terrain
+        q = model.geom_quat[self.floor_geom]
+        return Terrain("slope", slope_tan=jnp.tan(-2.0 * jnp.arctan2(q[2], q[0])))
 
     # ---- randomisation -------------------------------------------------------------------
     def randomized_params(self) -> tuple[RandomizedParam, ...]:
@@ -351,11 +367,13 @@ class QuadrupedTask(Task):
         for d in range(6, 18):
             out.append(RandomizedParam(f"joint_friction[{d}]", "dof_frictionloss", (d,), *c.joint_friction_range))
             out.append(RandomizedParam(f"joint_damping[{d}]", "dof_damping", (d,), *c.joint_damping_range))
+        if self.random_slope:
+            out.append(RandomizedParam("slope", "geom_quat", (self.floor_geom,)))
         return tuple(out)
 
     def randomize(self, model: mjx.Model, key: jax.Array) -> mjx.Model:
         c = self.config
-        k = jax.random.split(key, 7)
+        k = jax.random.split(key, 8)
         u = lambda kk, r, shape=(): jax.random.uniform(kk, shape, minval=r[0], maxval=r[1])  # noqa: E731
         fr = u(k[0], c.friction_range)
         payload = u(k[1], c.payload_range)
@@ -366,7 +384,13 @@ class QuadrupedTask(Task):
         # The payload is a point mass at (com_x, com_y) relative to the nominal trunk centre.
         ipos = model.body_ipos[TRUNK_BODY]
         new_ipos = ipos + jnp.concatenate([com * jnp.maximum(payload, 0.0) / (m0 + payload), jnp.zeros(1)])
+        extra = {}
+        if self.random_slope:
+            half = -jnp.deg2rad(u(k[7], (-c.slope_range_deg, c.slope_range_deg))) / 2.0  # about y: +x uphill
+            quat = jnp.stack([jnp.cos(half), 0.0, jnp.sin(half), 0.0])
+            extra["geom_quat"] = model.geom_quat.at[self.floor_geom].set(quat)
         return model.replace(
+            **extra,
             geom_friction=model.geom_friction.at[self.friction_geoms, 0].set(fr),
             body_mass=model.body_mass.at[TRUNK_BODY].add(payload),
             body_ipos=model.body_ipos.at[TRUNK_BODY].set(new_ipos),
@@ -414,7 +438,7 @@ class QuadrupedTask(Task):
     def observe(self, model, data, info):
         dep = jnp.concatenate(
             [proprio(data.qpos, data.qvel, data.time, info["last_action"], info["command"]),
-             height_scan(self.terrain, data.qpos)]
+             height_scan(self.terrain_for(model), data.qpos)]
         )  # fmt: skip
         n = self._nominal
         m0 = n["trunk_mass"]
@@ -433,12 +457,12 @@ class QuadrupedTask(Task):
 
     def reward(self, model, data, action, info):
         return reward_terms(
-            self.terrain, data.qpos, data.qvel, data.time, data.actuator_force, data.geom_xpos[self.foot_geoms],
+            self.terrain_for(model), data.qpos, data.qvel, data.time, data.actuator_force, data.geom_xpos[self.foot_geoms],
             action, info["last_action"], info["last_qvel"], info["command"], self.config.ctrl_dt,
         )  # fmt: skip
 
     def terminated(self, model, data, info):
-        return super().terminated(model, data, info) | fallen(self.terrain, data.qpos)
+        return super().terminated(model, data, info) | fallen(self.terrain_for(model), data.qpos)
 
     def command(self, info):
         return info["command"].astype(jnp.float32)
