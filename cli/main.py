@@ -89,6 +89,8 @@ def eval_expert_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report here [default: <expert>/eval.json]."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Add a uniformly random policy's row."),
     randomize: bool = typer.Option(True, "--randomize/--no-randomize", help="Domain randomisation as in training."),
+    set_: list[str] = typer.Option([], "--set", help="Override an env config field for the evaluation, e.g. "
+                                   "--set slope_range_deg=0 (flat ground only)."),
 ) -> None:
     """Evaluate the policy snapshots of an expert run in MJX: return, episode length, falls and,
     for robots with a velocity command, forward-velocity tracking error and distance.
@@ -100,7 +102,7 @@ def eval_expert_cmd(
 
     res = eval_expert(expert, robot, episodes=episodes, command=parse_command(command),
                       snapshots="all" if last is None else last, seed=seed, randomize=randomize,
-                      random_baseline=baseline, out=json_out)
+                      random_baseline=baseline, env_overrides=_parse_set(set_), out=json_out)
     typer.echo(format_table(res.report))
     typer.echo(f"saved to {res.path}")
 

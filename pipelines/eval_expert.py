@@ -46,6 +46,7 @@ def eval_expert(
     seed: int = 0,
     randomize: bool = True,
     random_baseline: bool = False,
+    env_overrides: dict[str, Any] | None = None,
     out: Path | None = None,
     save: bool = True,
 ) -> EvalResult:
@@ -53,7 +54,8 @@ def eval_expert(
     report to `out` [default: `<run_dir>/eval.json`] unless `save` is False."""
     run_dir = Path(run_dir)
     rows = evaluate_expert(run_dir, robot, episodes=episodes, command=command, snapshots=snapshots, seed=seed,
-                           randomize=randomize, random_baseline=random_baseline)  # fmt: skip
+                           randomize=randomize, random_baseline=random_baseline,
+                           env_overrides=env_overrides)  # fmt: skip
     first = rows[0]
     report = {
         "run": str(run_dir),
@@ -63,6 +65,7 @@ def eval_expert(
         "seed": first["seed"],
         "randomize": first["randomize"],
         "command": first["command"],
+        "env_overrides": first["env_overrides"],
         "snapshots": rows,
     }
     path = None
@@ -87,7 +90,10 @@ def format_table(report: dict[str, Any]) -> str:
     head = f"{report['robot']} expert {report['run']}: {n} episodes of {report['episode_steps']} steps"
     if cmd is not None:
         head += ", fixed command (" + ", ".join(f"{c:g}" for c in cmd) + ")"
-    head += (", domain randomisation" if report["randomize"] else ", nominal physics") + f", seed {report['seed']}"
+    head += ", domain randomisation" if report["randomize"] else ", nominal physics"
+    if report.get("env_overrides"):
+        head += ", " + ", ".join(f"{k}={v}" for k, v in report["env_overrides"].items())
+    head += f", seed {report['seed']}"
     track = any("vx_mae" in r for r in rows)
     dist = any("distance_mean" in r for r in rows)
     cols = [f"{'snapshot':>14s}", f"{'return':>17s}", f"{'length':>7s}", f"{'falls':>7s}"]

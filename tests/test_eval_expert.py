@@ -149,6 +149,8 @@ def test_bad_requests_raise_clear_errors(tiny_expert, tmp_path):
         evaluate_expert(out, snapshots=[7])
     with pytest.raises(ConfigError, match="episodes"):
         evaluate_expert(out, episodes=0)
+    with pytest.raises(ConfigError, match="unknown config key 'slope'"):
+        evaluate_expert(out, env_overrides={"slope": 1.0})
     with pytest.raises(CheckpointError, match="does not exist"):
         evaluate_expert(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="not 'quadruped'"):
@@ -180,15 +182,17 @@ def test_cli_reports_a_table_and_writes_eval_json(tiny_expert, tmp_path):
     _, out = tiny_expert
     report = tmp_path / "eval.json"
     res = CliRunner().invoke(app, ["eval-expert", "--robot", "cartpole", "--expert", str(out), "--last", "2",
-                                   "--episodes", "4", "--seed", "3", "--json", str(report)])  # fmt: skip
+                                   "--episodes", "4", "--seed", "3", "--json", str(report),
+                                   "--set", "episode_length=150"])  # fmt: skip
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert "4 episodes of 200 steps" in lines[0]
+    assert "4 episodes of 150 steps" in lines[0] and "episode_length=150" in lines[0]
     assert "return" in lines[1] and "falls" in lines[1] and "vx MAE" not in lines[1]
     assert lines[2].split("|")[0].strip() == "20" and lines[3].split("|")[0].strip() == "40 (expert)"
     assert lines[4].split("|")[0].strip() == "random" and lines[4].split("|")[3].strip() == "0/4"
     data = json.loads(report.read_text())
-    assert data["robot"] == "cartpole" and data["episodes"] == 4
+    assert data["robot"] == "cartpole" and data["episodes"] == 4 and data["env_overrides"] == {"episode_length": 150}
+    assert all(r["episode_length_mean"] <= 150 for r in data["snapshots"])
     assert [r["iteration"] for r in data["snapshots"]] == [20, 40, None]
     assert not (out / "eval.json.tmp").exists() and not report.with_suffix(".json.tmp").exists()
 

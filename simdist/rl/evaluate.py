@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 
+from simdist.config import with_overrides
 from simdist.envs.mjx_env import MjxEnv
 from simdist.envs.task import EnvConfig, Task
 from simdist.errors import ConfigError
@@ -181,11 +182,13 @@ def evaluate_expert(
     seed: int = 0,
     randomize: bool = True,
     random_baseline: bool = False,
+    env_overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate policy snapshots of a `simdist train-expert` run in MJX, one episode per env.
 
     `snapshots`: 'last' (the newest, the expert of a finished run), 'all', an int (the newest
-    that many) or explicit iterations. `command`: a fixed task command (robots with one
+    that many) or explicit iterations. `env_overrides`: env config fields to change for the
+    evaluation, e.g. {"slope_range_deg": 0.0} for flat ground only. `command`: a fixed task command (robots with one
     only); for a robot with a command and none given, the env config's `deploy_command` if it
     has one, else the commands of training. `randomize`: domain randomisation as in training.
     Every snapshot sees the same `seed`, so the same initial states and physics. With
@@ -203,7 +206,7 @@ def evaluate_expert(
         raise ConfigError(f"episodes must be a positive integer, got {episodes!r}")
     cfg = read_run_config(run_dir, robot)  # cheap checks (missing run, wrong robot) first
     rob = get_robot(cfg.robot)
-    env_cfg = cfg.env
+    env_cfg = with_overrides(cfg.env, env_overrides) if env_overrides else cfg.env
     task_cls = type(rob.make_task(env_cfg))
     has_command = int(task_cls.command_size) > 0
     vx_index = forward_velocity_index(task_cls) if has_command else None
@@ -232,7 +235,8 @@ def evaluate_expert(
     run = make_episode_evaluator(env, act, int(episodes), vx_index=vx_index)
     key = jax.random.key(seed)
     common = {"robot": cfg.robot, "episodes": int(episodes), "episode_steps": int(env_cfg.episode_length),
-              "seed": int(seed), "randomize": bool(randomize), "command": command}  # fmt: skip
+              "seed": int(seed), "randomize": bool(randomize), "command": command,
+              "env_overrides": dict(env_overrides or {})}  # fmt: skip
     rows = []
     todo = [(s, False) for s in chosen] + ([(chosen[-1], True)] if random_baseline else [])
     for s, use_random in todo:
