@@ -5,7 +5,13 @@ return and planner latency, as mean ± std over episodes. Reproduces the tables 
 docs/quadruped.md.
 
     python benchmarks/quadruped_adaptation.py [--model DIR] [--expert DIR] [--gap slippery-slope]
-        [--episodes 10] [--record-episodes 20] [--episode-length 500] [--out DIR]
+        [--episodes 10] [--record-episodes 20] [--episode-length 500] [--rounds 3] [--residual]
+        [--out DIR]
+
+Rounds: the zero-shot planner records `--record-episodes`; each round finetunes the dynamics
+of the sim-distilled model on all the real data so far and deploys the result for
+`--episodes`, which are recorded for the next round (the last round records nothing). With
+the defaults the final round has used at most (20 + 10 + 10) x 10 s = 6.7 min of real data.
 
 Defaults: the shipped model and expert (robots/quadruped/pretrained). Every row is cached in
 OUT/results.json, so an interrupted run continues; delete the file to start over.
@@ -43,6 +49,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/quadruped_adaptation"))
     ap.add_argument("--skip-sim", action="store_true", help="only the gap rows")
+    ap.add_argument("--rounds", type=int, default=3, help="finetune/deploy rounds; each deploy records more")
+    ap.add_argument("--residual", action="store_true", help="also finetune a ReDRAW residual on all the data")
     args = ap.parse_args()
     if args.model is None or args.expert is None:
         raise SystemExit("no model/expert given and none shipped")
@@ -80,12 +88,29 @@ def main() -> None:
         shutil.rmtree(real)  # a recording cut short: record again
     run("planner_zero_shot", "planner zero-shot, real robot (recording)", args.gap, model=args.model,
         record=real, episodes=args.record_episodes)
-    ft = out / "finetuned"
-    if not (ft / "model.json").exists():
-        fcfg = fin.make_config(args.finetune_preset, args.seed, "dynamics")
-        fin.finetune(fcfg, args.model, real, ft, show_progress=True)
-    used = json.loads((ft / "metrics.json").read_text())["real_data"]["transitions"]
-    run("planner_finetuned", "planner finetuned (dynamics), real robot", args.gap, model=ft, real_steps=used)
+    # Rounds of adaptation, as on a real robot: finetune the dynamics on all the real data
+    # so far (always from the sim-distilled model), deploy the finetuned planner, and record
+    # its episodes as more real data for the next round. The evaluation of round k never
+    # includes its own episodes in its training data.
+    for k in range(1, args.rounds + 1):
+        ft = out / f"finetuned_{k}"
+        if not (ft / "model.json").exists():
+            fcfg = fin.make_config(args.finetune_preset, args.seed, "dynamics")
+            fin.finetune(fcfg, args.model, real, ft, show_progress=True)
+        used = json.loads((ft / "metrics.json").read_text())["real_data"]["transitions"]
+        last = k == args.rounds
+        key = f"planner_finetuned_{k}"
+        if key not in rows and not last:
+            _restore_or_back_up(real, out / f"real_data_before_round_{k}")
+        run(key, f"planner finetuned (dynamics), round {k}", args.gap, model=ft, real_steps=used,
+            record=None if last else real)
+    if args.residual:
+        ft = out / "residual"
+        if not (ft / "model.json").exists():
+            fin.finetune(fin.make_config(args.finetune_preset, args.seed, "residual"), args.model, real, ft,
+                         show_progress=True)
+        used = json.loads((ft / "metrics.json").read_text())["real_data"]["transitions"]
+        run("planner_residual", "planner finetuned (ReDRAW residual)", args.gap, model=ft, real_steps=used)
 
     print()
     print(f"gap '{args.gap}', episodes of {args.episode_length} steps ({args.episode_length * 0.02:.0f} s)")
@@ -95,6 +120,19 @@ def main() -> None:
         print(format_row(r))
     write_json(results_path, rows)
     print(f"\nwrote {results_path}")
+
+
+def _restore_or_back_up(real: Path, backup: Path) -> None:
+    """Before a round records into `real`: keep a copy of it, or, when the copy exists (the
+    round was cut short), put it back so the round's partial episodes go."""
+    if backup.exists():
+        shutil.rmtree(real)
+        shutil.copytree(backup, real)
+        return
+    tmp = backup.with_name(backup.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(real, tmp)
+    tmp.rename(backup)
 
 
 def format_row(r) -> str:
