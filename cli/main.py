@@ -55,6 +55,8 @@ def train_expert_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<robot>/expert]."),
     seed: int = SeedOpt,
     set_: list[str] = typer.Option([], "--set", help="Override a config field, e.g. --set ppo.num_iterations=50."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from this finished expert run's "
+                                             "final policy, value function and normaliser (e.g. flat, then slopes)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Stage 1: PPO expert on privileged state in MJX, with domain randomisation.
@@ -62,9 +64,13 @@ def train_expert_cmd(
     Keeps policy snapshots along training (the sub-optimal ones feed Stage 2) and the value
     function. Run the same command again to resume an interrupted run.
     """
+    import dataclasses
+
     from simdist.pipelines.train_expert import make_config, train_expert
 
     cfg = make_config(robot, preset, seed, _parse_set(set_))
+    if init_from is not None:
+        cfg = dataclasses.replace(cfg, init_from=str(init_from.resolve()))
     out = out or Path("runs") / robot / "expert"
     result = train_expert(cfg, out, show_progress=progress)
     m = result.metrics

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from simdist.checkpointing import Checkpoints
 from simdist.config import to_dict, with_overrides, write_json
@@ -27,7 +28,7 @@ from simdist.envs import MjxEnv
 from simdist.errors import CheckpointError, TrainingDivergedError
 from simdist.progress import console, progress_bar
 from simdist.rl.config import ExpertConfig
-from simdist.rl.policy import SNAPSHOT_KIND, read_run_config, snapshot_state
+from simdist.rl.policy import SNAPSHOT_KIND, load_expert, read_run_config, snapshot_state
 from simdist.rl.ppo import PPO, TrainState, make_evaluator, random_action, snapshot_action
 from simdist.robots import get_robot
 from simdist.runlog import save_figure, truncate_history
@@ -88,6 +89,22 @@ def _from_payload(p: dict[str, Any]) -> TrainState:
     )
 
 
+def _init_from(ts: TrainState, ppo: PPO, cfg: ExpertConfig) -> TrainState:
+    """Start from another run's final expert: its actor, critic, action std and observation
+    normaliser; fresh optimiser state. The architectures and observations must match."""
+    src = Path(cfg.init_from)
+    snap = load_expert(src, cfg.robot)  # clear errors for a missing, unfinished or wrong-robot run
+    want = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(ts.params))
+    got = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(snap.params))
+    if want != got or snap.obs_stats.mean.shape != ts.obs_stats.mean.shape:
+        raise CheckpointError(
+            f"--init-from {src}: its networks or observations do not match this config's "
+            "(same robot, actor_hidden and critic_hidden needed)"
+        )
+    params = jax.tree.map(jnp.asarray, snap.params)
+    return ts.replace(params=params, opt_state=ppo.tx.init(params), obs_stats=snap.obs_stats)
+
+
 def evaluate_expert_and_random(env: MjxEnv, ppo: PPO, ts: TrainState, num_envs: int, seed: int) -> dict[str, float]:
     key = jax.random.key(seed + 10_000)
     expert = np.asarray(make_evaluator(env, snapshot_action(ppo.graphdef), num_envs)((ts.params, ts.obs_stats), key))
@@ -131,7 +148,6 @@ def train_expert(
     """Train (or resume) an expert into `out`. `stop_after` ends this invocation after that
     many iterations without finishing the run (used to test resumption)."""
     out = Path(out)
-    _check_or_write_config(out, cfg)
     robot = get_robot(cfg.robot)
     env = MjxEnv(robot.make_task(cfg.env))
     ppo = PPO(env, cfg.ppo, seed=cfg.seed)
@@ -139,6 +155,10 @@ def train_expert(
     meta_base = {"config": to_dict(cfg), "robot": cfg.robot}
 
     ts = ppo.init(jax.random.key(cfg.seed))
+    ckpt_dir = out / "checkpoints"
+    if cfg.init_from is not None and not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
+        ts = _init_from(ts, ppo, cfg)  # a bad source fails here, before the run directory exists
+    _check_or_write_config(out, cfg)
     ckpts = Checkpoints(out / "checkpoints", max_to_keep=2)
     snaps = Checkpoints(out / "snapshots")
     start = ckpts.latest_step() or 0

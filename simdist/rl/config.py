@@ -56,6 +56,9 @@ class ExpertConfig:
     seed: int
     env: EnvConfig
     ppo: PPOConfig
+    # A finished expert run whose final policy, value function and observation normaliser
+    # start this run (a curriculum: e.g. flat ground first, then slopes). None: from scratch.
+    init_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -71,4 +74,5 @@ class ExpertConfig:
             seed=int(data["seed"]),
             env=from_dict(robot.env_config_cls, data["env"]),
             ppo=from_dict(PPOConfig, data["ppo"]),
+            init_from=data.get("init_from"),
         )
