@@ -373,7 +373,7 @@ class QuadrupedTask(Task):
 
     def randomize(self, model: mjx.Model, key: jax.Array) -> mjx.Model:
         c = self.config
-        k = jax.random.split(key, 8)
+        k = jax.random.split(key, 7)
         u = lambda kk, r, shape=(): jax.random.uniform(kk, shape, minval=r[0], maxval=r[1])  # noqa: E731
         fr = u(k[0], c.friction_range)
         payload = u(k[1], c.payload_range)
@@ -386,7 +386,9 @@ class QuadrupedTask(Task):
         new_ipos = ipos + jnp.concatenate([com * jnp.maximum(payload, 0.0) / (m0 + payload), jnp.zeros(1)])
         extra = {}
         if self.random_slope:
-            half = -jnp.deg2rad(u(k[7], (-c.slope_range_deg, c.slope_range_deg))) / 2.0  # about y: +x uphill
+            # Its own key, so the other parameters draw exactly what they drew before inclines.
+            k_slope = jax.random.fold_in(key, 7)
+            half = -jnp.deg2rad(u(k_slope, (-c.slope_range_deg, c.slope_range_deg))) / 2.0  # about y: +x uphill
             quat = jnp.stack([jnp.cos(half), 0.0, jnp.sin(half), 0.0])
             extra["geom_quat"] = model.geom_quat.at[self.floor_geom].set(quat)
         return model.replace(
@@ -457,8 +459,9 @@ class QuadrupedTask(Task):
 
     def reward(self, model, data, action, info):
         return reward_terms(
-            self.terrain_for(model), data.qpos, data.qvel, data.time, data.actuator_force, data.geom_xpos[self.foot_geoms],
-            action, info["last_action"], info["last_qvel"], info["command"], self.config.ctrl_dt,
+            self.terrain_for(model), data.qpos, data.qvel, data.time, data.actuator_force,
+            data.geom_xpos[self.foot_geoms], action, info["last_action"], info["last_qvel"], info["command"],
+            self.config.ctrl_dt,
         )  # fmt: skip
 
     def terminated(self, model, data, info):
