@@ -284,6 +284,12 @@ def deploy_cmd(
     if res.safety_stops:
         reasons = sorted({r.safety_stop for r in res.episodes if r.safety_stop})
         typer.echo(f"safety stops: {res.safety_stops} of {len(res.episodes)} episodes ({'; '.join(reasons)})")
+    diags = [r.controller_diag for r in res.episodes if "mean_std_max" in r.controller_diag]
+    if diags:  # the planner's own view: elites that stop agreeing show as a jump of their std
+        typer.echo(f"planner: elite std {np.mean([d['mean_std_mean'] for d in diags]):.2f} on average, "
+                   f"up to {max(d['mean_std_max'] for d in diags):.2f}; predicted return of the best plan "
+                   f"{np.mean([d['best_return_mean'] for d in diags]):.2f} on average, "
+                   f"down to {min(d['best_return_min'] for d in diags):.2f}")
     lat = res.latency_ms
     typer.echo(f"controller latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; missed deadlines {res.missed_deadlines}")
     if record is not None:

@@ -84,6 +84,10 @@ class EpisodeReport:
     missed_deadlines: int
     safety_stop: str | None  # the robot's stop reason when its safety limit ended the episode
     metrics: dict[str, float] = field(default_factory=dict)  # the probe's robot metrics (evaluation only)
+    # The controller's per-step diagnostics over the episode: KEY_mean, KEY_min and KEY_max for
+    # each numeric one (the planner's best_return, mean_elite_return, mean_std, ...; none for an
+    # expert policy). A jump of mean_std above MPPI's min_std means the elites stopped agreeing.
+    controller_diag: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +131,16 @@ class DeployResult:
         d["safety_stops"] = self.safety_stops
         d["metrics"] = self.metrics
         return d
+
+
+def summarise_diag(diags: list[dict[str, Any]]) -> dict[str, float]:
+    """KEY_mean / KEY_min / KEY_max over an episode's steps for each numeric, non-boolean key."""
+    out: dict[str, float] = {}
+    keys = sorted({k for d in diags for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for k in keys:
+        v = np.array([d[k] for d in diags if k in d], np.float64)
+        out.update({f"{k}_mean": float(v.mean()), f"{k}_min": float(v.min()), f"{k}_max": float(v.max())})
+    return out
 
 
 def latency_stats(times_ms) -> dict[str, float]:
@@ -302,13 +316,15 @@ def deploy(
                 controller.reset(obs, command)
                 recorder.start_episode()
                 times: list[float] = []
+                diags: list[dict[str, Any]] = []
                 steps = 0
                 try:
                     while steps < length and not backend.done():
                         command = backend.command()
                         t = time.perf_counter()
-                        action, _ = controller.act(obs, command)
+                        action, diag = controller.act(obs, command)
                         times.append(1e3 * (time.perf_counter() - t))
+                        diags.append(diag)
                         a = np.asarray(action, np.float64).reshape(spec.action_size)
                         if not np.all(np.isfinite(a)):
                             raise PlannerError(f"{controller.name} produced a non-finite action at step {steps}")
@@ -336,6 +352,7 @@ def deploy(
                     missed_deadlines=int(stats.get("missed_deadlines", 0)),
                     safety_stop=stats.get("stop_reason") if safety else None,
                     metrics=metrics,
+                    controller_diag=summarise_diag(diags),
                 ))
                 result.returns.append(ret)
                 result.steps.append(steps)

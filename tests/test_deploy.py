@@ -63,6 +63,13 @@ def test_planner_deploy_records_whole_real_episodes_and_appends(model_dir, tmp_p
     assert lat["n"] == sum(res.steps) and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
     assert res.recorded_transitions == sum(res.steps) and res.recorded_episodes == 2
     assert res.stopped_early is None and res.missed_deadlines == 0  # lock-step: no deadlines
+    # Per-episode planner diagnostics: the elite std stays within MPPI's clip, and the best
+    # return is at least the elites' mean return at every step.
+    mcfg = get_preset(_cfg().mppi)
+    for r in res.episodes:
+        d = r.controller_diag
+        assert mcfg.min_std - 1e-6 <= d["mean_std_min"] <= d["mean_std_mean"] <= d["mean_std_max"] <= mcfg.max_std + 1e-6
+        assert d["best_return_mean"] >= d["mean_elite_return_mean"] - 1e-5 and d["nonfinite_returns_max"] == 0
 
     ds = Dataset.open(rec)
     assert ds.spec.source == "real" and not ds.spec.labels and ds.spec.robot == "cartpole"
@@ -295,6 +302,7 @@ def test_expert_on_the_robot_clearly_beats_doing_nothing(tiny_expert, tmp_path):
     expert = deploy(cfg, expert_dir=run_dir, record=tmp_path / "real", show_progress=False)
     zero = deploy(cfg, controller=ZeroController(1), show_progress=False)
     assert expert.controller == "expert" and zero.steps == [150]
+    assert expert.episodes[0].controller_diag == {}  # a policy has no planner diagnostics
     # The tiny expert swings the pole up but rides the cart into the rail end (the MJX training
     # env has no rail-impact limit): the robot's safety stop may end its episode early. Even
     # so it earns far more than doing nothing over a whole episode.

@@ -84,6 +84,7 @@ def test_deploy_and_finetune_default_to_the_shipped_model(tmp_path):
                             "--episode-length", "30", "--mppi", "tiny", "--record", str(rec), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "shipped world model" in r.output and "forward_progress_m" in r.output
+    assert "planner: elite std" in r.output  # the planner's own diagnostics are printed
     out = tmp_path / "ft"
     r = runner.invoke(app, ["finetune", "--real-data", str(rec), "--out", str(out), "--preset", "tiny",
                             "--set", "steps=5", "--no-progress"])
