@@ -134,9 +134,11 @@ class DeployResult:
 
 
 def summarise_diag(diags: list[dict[str, Any]]) -> dict[str, float]:
-    """KEY_mean / KEY_min / KEY_max over an episode's steps for each numeric, non-boolean key."""
+    """KEY_mean / KEY_min / KEY_max over an episode's steps for each numeric key. `finite` is
+    left out: a non-finite plan stops the run with a PlannerError, so it would always be 1."""
     out: dict[str, float] = {}
-    keys = sorted({k for d in diags for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    keys = sorted({k for d in diags for k, v in d.items()
+                   if k != "finite" and isinstance(v, (int, float)) and not isinstance(v, bool)})
     for k in keys:
         v = np.array([d[k] for d in diags if k in d], np.float64)
         out.update({f"{k}_mean": float(v.mean()), f"{k}_min": float(v.min()), f"{k}_max": float(v.max())})

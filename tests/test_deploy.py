@@ -70,6 +70,7 @@ def test_planner_deploy_records_whole_real_episodes_and_appends(model_dir, tmp_p
         d = r.controller_diag
         assert mcfg.min_std - 1e-6 <= d["mean_std_min"] <= d["mean_std_mean"] <= d["mean_std_max"] <= mcfg.max_std + 1e-6
         assert d["best_return_mean"] >= d["mean_elite_return_mean"] - 1e-5 and d["nonfinite_returns_max"] == 0
+        assert not any(k.startswith("finite") for k in d)
 
     ds = Dataset.open(rec)
     assert ds.spec.source == "real" and not ds.spec.labels and ds.spec.robot == "cartpole"
