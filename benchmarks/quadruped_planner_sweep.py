@@ -11,6 +11,11 @@ planner diagnostics of docs/quadruped.md ("Slippery slope").
 A planner is NAME=key=value,key=value: fields of `MPPIConfig` replacing those of the
 `--base` preset (`NAME=` is the base preset unchanged). Every row is cached in the output
 JSON as it finishes, so an interrupted sweep continues; delete the file to start over.
+
+`--expert-proposals` (with `--expert`) is a diagnostic, not a deployable planner: the first
+action of the policy prior's chunk, around which MPPI draws its prior samples, is replaced by
+the expert policy's action for the current observation. It asks whether the planner fails for
+want of good proposals (then this row walks) or because the model misjudges them.
 """
 
 from __future__ import annotations
@@ -21,9 +26,48 @@ import json
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+from flax import nnx
+
+from simdist.backends import make_backend
 from simdist.config import write_json
 from simdist.pipelines import deploy as dep
 from simdist.planning import mppi
+from simdist.planning.controller import PlannerController, _floats, _host_state
+from simdist.robots import get_robot
+
+
+class ExpertProposalPlanner(PlannerController):
+    """MPPI whose prior chunk starts with the expert's action (see the module docstring)."""
+
+    name = "planner+expert-proposal"
+
+    def __init__(self, planner: PlannerController, expert):
+        super().__init__(planner.model, planner.mppi, planner.action_low, planner.action_high,
+                         warm_start=planner.warm_start)
+        self._key = planner._key  # the same per-step keys as the plain planner's row
+        self.expert = expert
+        base = self.plan_model
+        graphdef = nnx.split(self.model)[0]
+        cfg, lo, hi, warm = self.mppi, self.action_low, self.action_high, self.warm_start
+
+        def prior(params, ctx, command):
+            return base.prior(params, ctx, command).at[0].set(ctx["expert_action"])
+
+        plan_model = base._replace(prior=prior)
+
+        def control_step(params, hist_obs, hist_act, obs, command, prev, key, expert_action):
+            ctx = dict(nnx.merge(graphdef, params).context(hist_obs, hist_act, obs), expert_action=expert_action)
+            return mppi.plan(cfg, plan_model, params, ctx, command, prev, key, lo, hi, warm_start=warm)
+
+        self._oracle_fn = jax.jit(control_step)
+
+    def _plan(self, hist_obs, hist_act, obs, command, state, key):
+        expert_action, _ = self.expert.act(obs, command)
+        action, new_state, diag = jax.device_get(
+            self._oracle_fn(self.params, hist_obs, hist_act, obs, command, state, key, expert_action))
+        return np.asarray(action, np.float32), _host_state(new_state), _floats(diag)
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -52,6 +96,8 @@ def main() -> None:
     ap.add_argument("--base", default="default", choices=sorted(mppi.PRESETS))
     ap.add_argument("--gap", action="append", default=[], help="gap name or key=value,... (repeatable)")
     ap.add_argument("--expert", type=Path, help="also run this expert policy on every gap")
+    ap.add_argument("--expert-proposals", action="store_true",
+                    help="diagnostic: also run each model with the expert's action in the prior chunk")
     ap.add_argument("--episodes", type=int, default=5)
     ap.add_argument("--episode-length", type=int, default=500, help="control steps (50 Hz)")
     ap.add_argument("--seed", type=int, default=1000, help="episode seed (quadruped_adaptation uses 1000)")
@@ -63,6 +109,8 @@ def main() -> None:
     configs = {name: planner_config(base, spec) for name, spec in planners}  # validate all first
     if not args.model and args.expert is None:
         raise SystemExit("give at least one --model NAME=DIR or --expert DIR")
+    if args.expert_proposals and (args.expert is None or not args.model):
+        raise SystemExit("--expert-proposals needs --expert DIR and at least one --model")
 
     rows = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +130,13 @@ def main() -> None:
         write_json(args.out, rows)
         print(format_row(key, rows[key]), flush=True)
 
+    def oracle(gap: str, preset: str, model_dir) -> ExpertProposalPlanner:
+        cfg = dep.DeployConfig(robot="quadruped", gap=gap, seed=args.seed, mppi=preset)
+        with make_backend(cfg.backend, get_robot("quadruped"), gap=gap, seed=args.seed) as b:
+            spec = b.spec
+        planner = dep.make_controller(cfg, spec, model_dir=model_dir)
+        return ExpertProposalPlanner(planner, dep.make_controller(cfg, spec, expert_dir=args.expert))
+
     for gap in gaps:
         if args.expert is not None:
             run(f"{gap} | expert", gap=gap, expert_dir=args.expert)
@@ -90,6 +145,9 @@ def main() -> None:
             mppi.PRESETS[preset] = cfg  # deploy takes the planner by preset name
             for mname, mdir in args.model:
                 run(f"{gap} | {mname} | {pname}", gap=gap, model_dir=mdir, cfg={"mppi": preset})
+                if args.expert_proposals:
+                    run(f"{gap} | {mname} | {pname} | expert proposals", gap=gap,
+                        controller=oracle(gap, preset, mdir))
     print(f"\nwrote {args.out}")
 
 

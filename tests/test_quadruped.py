@@ -247,6 +247,24 @@ def test_each_named_gap_changes_what_it_claims(robot, name):
             assert v != 1.0
 
 
+def _standing_height(robot, gap, steps=200):
+    """Trunk height after `steps` control steps (4 s) of the zero action, and whether it fell."""
+    with make_backend("sim-real", robot, gap) as b:
+        b.reset(seed=0)
+        for _ in range(steps):
+            b.step(np.zeros(12))
+            if b.done():
+                break
+        return float(b.probe().true_state()[0][2]), b.done()
+
+
+def test_foam_sinks_the_standing_robot_without_felling_it(robot):
+    rigid, rigid_fell = _standing_height(robot, "none")
+    foam, foam_fell = _standing_height(robot, "foam")
+    assert not rigid_fell and not foam_fell  # a robot standing still on foam is not a fall
+    assert 0.01 < rigid - foam < 0.04, (rigid, foam)  # it sinks centimetres, as into memory foam
+
+
 def test_latency_gap_delays_the_action_by_one_step(robot):
     with make_backend("sim-real", robot, "latency") as b:
         b.reset(seed=0)
