@@ -28,7 +28,7 @@ from simdist.checkpointing import Checkpoints
 from simdist.config import read_json, to_dict, with_overrides, write_json
 from simdist.data.dataset import Dataset
 from simdist.data.windows import WindowSampler
-from simdist.errors import CheckpointError, TrainingDivergedError
+from simdist.errors import CheckpointError, DatasetError, TrainingDivergedError
 from simdist.models.distill_config import DistillConfig
 from simdist.models.io import save_model
 from simdist.models.train import WorldModelTrainer, make_optimizer
@@ -65,6 +65,17 @@ def open_dataset(path: Path, cfg: DistillConfig) -> Dataset:
         command_size=m.command_size,
         require_labels=True,
     )
+
+
+def _window_fields(ds: Dataset, cfg: DistillConfig) -> tuple[str, ...]:
+    """The labelled fields a training window needs; the relabelled BC target needs `expert_action`."""
+    fields = [f for f in ("command", "reward", "value", "expert") if f in ds.field_names]
+    if cfg.model.bc_target == "relabelled":
+        if "expert_action" not in ds.field_names:
+            raise DatasetError(f"{ds.path}: model.bc_target 'relabelled' needs a dataset with expert_action labels"
+                               " (generate it again with this version, or use --set model.bc_target=expert)")
+        fields.append("expert_action")
+    return tuple(fields)
 
 
 def _check_or_write_config(out: Path, cfg: DistillConfig, data_path: Path) -> None:
@@ -171,9 +182,11 @@ def distill(
     """Train (or resume) a world model on the dataset at `data_path` into `out`."""
     out = Path(out)
     ds = open_dataset(data_path, cfg)
+    fields = _window_fields(ds, cfg)  # before the run directory exists
     _check_or_write_config(out, cfg, data_path)
     m = cfg.model
-    common = dict(heldout_fraction=cfg.heldout_fraction, seed=cfg.seed, max_resident_transitions=cfg.max_resident_transitions)
+    common = dict(heldout_fraction=cfg.heldout_fraction, seed=cfg.seed, max_resident_transitions=cfg.max_resident_transitions,
+                  fields=fields)
     train_windows = WindowSampler(ds, m.history, m.horizon, split="train", **common)
     held_windows = WindowSampler(ds, m.history, m.horizon, split="heldout", **common)
     stats = ds.stats()

@@ -19,6 +19,7 @@ import jax
 from simdist.config import to_dict, with_overrides
 from simdist.data.dataset import Dataset, DatasetSpec
 from simdist.data.generate import (
+    STEP_FIELDS,
     EpisodeAssembler,
     GenerateConfig,
     bank_params,
@@ -51,7 +52,7 @@ def make_config(robot: str, preset: str, seed: int, overrides: dict[str, Any] | 
     return with_overrides(cfg, overrides or {})
 
 
-def dataset_spec(robot_name: str, task, control_dt: float) -> DatasetSpec:
+def dataset_spec(robot_name: str, task, control_dt: float, expert_action: bool = False) -> DatasetSpec:
     return DatasetSpec(
         robot=robot_name,
         source="sim",
@@ -61,6 +62,7 @@ def dataset_spec(robot_name: str, task, control_dt: float) -> DatasetSpec:
         command_size=task.command_size,
         labels=True,
         obs_names=tuple(task.deployable_obs_names),
+        expert_action=expert_action,
     )
 
 
@@ -86,7 +88,7 @@ def generate_data(
     robot = get_robot(cfg.robot)
     task = robot.make_task(env_cfg)
     env = MjxEnv(task)
-    spec = dataset_spec(cfg.robot, task, env_cfg.ctrl_dt)
+    spec = dataset_spec(cfg.robot, task, env_cfg.ctrl_dt, expert_action=cfg.expert_action_labels)
     extra = {
         "generate": to_dict(cfg),
         "expert_dir": str(Path(expert_dir).resolve()),
@@ -116,7 +118,7 @@ def _generate(cfg, snaps, env, spec, ds, out, show_progress, stop_after_appends)
     # A resumed run draws a fresh random stream, so it does not repeat the episodes it has.
     key = jax.random.fold_in(jax.random.key(cfg.seed), ds.n_episodes)
     gs = init_gen_state(env, bank, cfg.perturb, key, cfg.num_envs)
-    fields = tuple(f for f in ("obs", "action", "command", "reward", "value", "expert", "noisy") if f in spec.fields())
+    fields = tuple(f for f in STEP_FIELDS if f in spec.fields())
     asm = EpisodeAssembler(cfg.num_envs, fields)
 
     t0 = time.perf_counter()

@@ -636,3 +636,29 @@ def test_create_is_atomic_and_refuses_existing_paths(tmp_path):
     with Dataset.open_or_create(tmp_path / "new", spec, extra={"k": 1}) as ds:
         assert ds.n_episodes == 0 and ds.extra == {"k": 1}
     assert check_whole_episodes(path).n_episodes == 2
+
+
+def test_expert_action_labels_round_trip_without_statistics(tmp_path):
+    """The relabelled BC target is an optional labelled field: stored and read back as given,
+    sampled into windows when asked for, no normalisation statistics of its own, and a spec
+    that differs in it cannot be appended to."""
+    spec = make_spec(command_size=3, expert_action=True)
+    assert spec.fields()["expert_action"] == ((2,), "float32")
+    assert DatasetSpec.from_json(spec.to_json()) == spec
+    assert DatasetSpec.from_json({k: v for k, v in spec.to_json().items() if k != "expert_action"}) == make_spec(command_size=3)
+    assert "expert_action" in " ".join(spec.mismatches(make_spec(command_size=3)))
+    with pytest.raises(DatasetError, match="expert_action"):
+        make_spec(labels=False, source="real", expert_action=True)
+    rng = np.random.default_rng(0)
+    batch = random_batch(rng, spec, [40, 30])
+    ds = Dataset.create(tmp_path / "d", spec)
+    ds.append_episodes(*batch)
+    ds.close()
+    ds = Dataset.open(tmp_path / "d")
+    np.testing.assert_array_equal(ds.read("expert_action"), batch[0]["expert_action"])
+    assert "expert_action" not in ds.stats()
+    w = WindowSampler(ds, 2, 3, split="all", fields=("command", "expert", "expert_action")).sample(8, rng)
+    assert w["expert_action"].shape == (8, 3, 2)
+    assert "expert_action" not in WindowSampler(ds, 2, 3, split="all").sample(2, rng)
+    with pytest.raises(DatasetError, match="expert_action"):
+        Dataset.open_or_create(tmp_path / "d", make_spec(command_size=3))

@@ -101,6 +101,19 @@ def test_cli_rejects_bad_datasets_with_one_line(tiny_dataset, tmp_path):
     for data, needle in ((other, "not 'cartpole'"), (holed, "missing field 'value'")):
         r = _cli("distill", "--data", str(data), "--out", str(tmp_path / "m0"), "--preset", "tiny")
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # A dataset written before the relabelled BC target existed (no expert_action field) still
+    # opens, and distilling it with model.bc_target=relabelled is refused before anything is made.
+    old = tmp_path / "old"
+    shutil.copytree(ds.path, old)
+    meta = json.loads((old / "zarr.json").read_text())
+    del meta["attributes"]["fields"]["expert_action"], meta["attributes"]["expert_action"]
+    (old / "zarr.json").write_text(json.dumps(meta))
+    shutil.rmtree(old / "expert_action")
+    assert _cli("data", "info", str(old)).returncode == 0
+    r = _cli("distill", "--data", str(old), "--out", str(tmp_path / "m3"), "--preset", "tiny",
+             "--set", "model.bc_target=relabelled")
+    assert r.returncode == 2 and "expert_action" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "m3").exists()
     cases = [
         ("distill", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m1"), "--preset", "tiny"),
         ("distill", "--data", str(tmp_path / "junk"), "--out", str(tmp_path / "m2"), "--preset", "tiny"),

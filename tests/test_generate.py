@@ -61,6 +61,9 @@ def test_label_timing_matches_a_hand_computed_rollout(tiny_bank, cartpole_env):
             pol_action = np.asarray(policies[int(recs["policy"][i, n])](st.privileged_obs))
             if not recs["noisy"][i, n]:
                 np.testing.assert_allclose(recs["action"][i, n], pol_action, atol=1e-6)
+            # The relabelled BC target: the expert's own action at s_i, whoever drove.
+            expert_action = np.clip(np.asarray(policies[-1](st.privileged_obs)), -1.0, 1.0)
+            np.testing.assert_allclose(recs["expert_action"][i, n], expert_action, atol=1e-6)
             nxt = step(st, jnp.asarray(recs["action"][i, n]))
             assert recs["reward"][i, n] == pytest.approx(float(nxt.reward), abs=1e-6)
             # V of the state the step reached: the pre-reset observation at an episode end.

@@ -76,13 +76,14 @@ _B = np.array([[0.5, 0.0], [0.0, 0.3], [0.2, 0.4], [0.0, -0.5]], np.float32)
 _K = np.array([[0.5, 0.2, 0.0, 0.0], [0.0, 0.0, 0.3, 0.3]], np.float32)
 
 
-def linear_windows(rng: np.random.Generator, n: int):
+def linear_windows(rng: np.random.Generator, n: int, expert_share: float = 0.5):
     """Windows of o_{i+1} = A o_i + B a_i; reward r(s_i, a_i) = -|o_i|^2 - 0.1|a_i|^2 at index i,
-    value V(s_{i+1}) = -2|o_{i+1}|^2 at index i; expert steps use a = -K o."""
+    value V(s_{i+1}) = -2|o_{i+1}|^2 at index i; expert steps use a = -K o, and every step's
+    `expert_action` is -K o (what the expert would have done there)."""
     steps = H + T
     o = np.zeros((n, steps + 1, OBS), np.float32)
     a = np.zeros((n, steps, ACT), np.float32)
-    expert = rng.random((n, steps)) < 0.5
+    expert = rng.random((n, steps)) < expert_share
     o[:, 0] = rng.normal(size=(n, OBS)) * 1.5
     for i in range(steps):
         a_exp = -o[:, i] @ _K.T
@@ -98,6 +99,7 @@ def linear_windows(rng: np.random.Generator, n: int):
         "reward": reward[:, H:].astype(np.float32),
         "value": value[:, H:].astype(np.float32),
         "expert": expert[:, H:].astype(np.float32),
+        "expert_action": (-o[:, H:-1] @ _K.T).astype(np.float32),
     }
 
 
@@ -304,6 +306,41 @@ def test_loss_falls_on_a_linear_system(dynamics):
         assert float(after[name]) < 0.3 * float(before[name]), (name, float(before[name]), float(after[name]))
     assert after["latent_h"].shape == (T,)
     assert float(after["reward_r2"]) > 0.7 and float(after["value_r2"]) > 0.7  # from < 0 at init
+
+
+def test_relabelled_prior_learns_the_expert_from_states_it_never_drove():
+    """bc_target='relabelled' (DAgger-style): with NO clean expert step in the data, the prior
+    still learns the expert's feedback a = -K o from the `expert_action` labels, while the
+    reference target has nothing to learn from (its BC mask is empty)."""
+    rng = np.random.default_rng(1)
+    train, held = linear_windows(rng, 2048, expert_share=0.0), linear_windows(rng, 512, expert_share=0.0)
+    assert train["expert"].sum() == 0
+    held_b = take(held, slice(None))
+    errors = {}
+    for target in ("expert", "relabelled"):
+        cfg = tiny_config("mlp", bc_target=target)
+        model = WorldModel(cfg, rngs=nnx.Rngs(0), stats=dataset_stats(train))
+        trainer = WorldModelTrainer(model, make_optimizer(3e-3, 3e-4, 20, 200))
+        for i in range(200):
+            trainer.step(take(train, rng.integers(0, 2048, 64)), jax.random.key(i))
+        m = trainer.model()
+        graphdef, state = nnx.split(m)
+
+        @jax.jit
+        def prior(state, b):
+            mm = nnx.merge(graphdef, state)
+            return mm.prior(mm.context(b["hist_obs"], b["hist_act"], b["obs"][:, 0]))
+
+        a_hat = np.asarray(prior(state, held_b))[:, 0]
+        errors[target] = float(np.mean((a_hat - held["expert_action"][:, 0]) ** 2))
+    scale = float(np.mean(held["expert_action"][:, 0] ** 2))
+    assert errors["relabelled"] < 0.25 * scale and errors["relabelled"] < 0.2 * errors["expert"], errors
+    assert errors["expert"] > 0.5 * scale, errors  # untrained prior: no expert step to imitate
+    # Without the labels the relabelled target is refused, not silently ignored.
+    bad = {k: v for k, v in held_b.items() if k != "expert_action"}
+    with pytest.raises(ConfigError, match="expert_action"):
+        world_model_loss(WorldModel(tiny_config("mlp", bc_target="relabelled"), rngs=nnx.Rngs(0)), bad,
+                         jax.random.key(0), train=False)
 
 
 def test_r2_score_and_evaluate_batch():

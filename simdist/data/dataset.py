@@ -44,7 +44,10 @@ episode holds:
 - labelled (sim) data only: ``reward`` float32 [] = r(s_i, a_i); ``value`` float32 [] =
   V(s_{i+1}), the expert critic's value of the state *reached* after a_i; ``expert`` uint8 [] =
   1 when the expert policy drove the episode AND the step was clean (un-noised); ``noisy``
-  uint8 [] = 1 when a_i was perturbed.
+  uint8 [] = 1 when a_i was perturbed; optionally (``DatasetSpec.expert_action``)
+  ``expert_action`` float32 [action_size] = the expert policy's own (un-noised, clipped) action
+  at s_i, whichever policy drove: the relabelled behaviour-cloning target (DAgger-style). It
+  has no normalisation statistics (it is normalised with those of ``action``).
 
 Crash safety: :meth:`Dataset.append_episodes` writes the per-step rows past the committed
 count (resizing first if needed) and the episode rows, waits for every write, and only then
@@ -140,6 +143,7 @@ class DatasetSpec:
     command_size: int = 0
     labels: bool = True
     obs_names: tuple[str, ...] = ()
+    expert_action: bool = False  # labelled data only: the expert's action at every step (relabelling)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "obs_names", tuple(str(n) for n in self.obs_names))
@@ -160,6 +164,9 @@ class DatasetSpec:
             object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "control_dt", float(self.control_dt))
         object.__setattr__(self, "labels", bool(self.labels))
+        object.__setattr__(self, "expert_action", bool(self.expert_action))
+        if self.expert_action and not self.labels:
+            raise DatasetError("dataset spec: expert_action labels need labels=True (simulation data)")
         if self.obs_names and len(self.obs_names) != self.obs_size:
             raise DatasetError(
                 f"dataset spec: {len(self.obs_names)} obs_names given for obs_size {self.obs_size}"
@@ -178,6 +185,8 @@ class DatasetSpec:
             out["value"] = ((), "float32")
             out["expert"] = ((), "uint8")
             out["noisy"] = ((), "uint8")
+            if self.expert_action:
+                out["expert_action"] = ((self.action_size,), "float32")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -190,6 +199,7 @@ class DatasetSpec:
             "command_size": self.command_size,
             "labels": self.labels,
             "obs_names": list(self.obs_names),
+            "expert_action": self.expert_action,
         }
 
     @classmethod
@@ -203,12 +213,13 @@ class DatasetSpec:
             command_size=d.get("command_size", 0),
             labels=d["labels"],
             obs_names=tuple(d.get("obs_names", ())),
+            expert_action=d.get("expert_action", False),
         )
 
     def mismatches(self, other: DatasetSpec) -> list[str]:
         """Human-readable differences that make two specs incompatible for appending."""
         out = []
-        for name in ("robot", "source", "obs_size", "action_size", "command_size", "labels"):
+        for name in ("robot", "source", "obs_size", "action_size", "command_size", "labels", "expert_action"):
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
                 out.append(f"{name} {a!r} vs {b!r}")

@@ -16,6 +16,10 @@ Label timing (the dataset's contract, tested against a hand-computed rollout):
                    (a terminated episode has no future)
         expert[i]  the expert policy drove and step i was in a clean (un-noised) phase
         noisy[i]   noise was added to a_i
+        expert_action[i]  (when the config asks for it) the expert policy's own action at s_i,
+                   un-noised and clipped, whichever policy drove: the relabelled (DAgger-style)
+                   behaviour-cloning target, so the policy prior also learns how the expert
+                   recovers from the perturbed and sub-optimal states
 
 Perturbations (per environment, drawn once when the generator starts): a per-actuator noise
 std from `noise_std_range`; a phase process that alternates noisy phases of `noisy_steps`
@@ -78,6 +82,7 @@ class GenerateConfig:
     flush_transitions: int = 50_000  # append to the dataset when this many are waiting
     episode_length: int | None = None  # None: the expert's episode length
     perturb: PerturbConfig = PerturbConfig()
+    expert_action_labels: bool = True  # store the expert's action at every step (`expert_action`)
 
 
 # ---- the phase process -------------------------------------------------------------------
@@ -204,6 +209,7 @@ def make_chunk_fn(env: MjxEnv, bank: PolicyBank, cfg: PerturbConfig, chunk_steps
         eps = jax.vmap(lambda k: jax.random.normal(k, (env.action_size,)))(k_eps)
         action = pol_action + jnp.where(noised[:, None], gs.noise.std * eps, 0.0)
         action = jnp.clip(action, action_low, action_high)
+        expert_action = jnp.clip(acts[expert_idx], action_low, action_high)
         command = jax.vmap(task.command)(st.info)
         new = env.batch_step(st, action)
         value = value_fn(p["expert_params"], p["expert_obs_stats"], new.final_obs) / bank.value_scale
@@ -216,6 +222,7 @@ def make_chunk_fn(env: MjxEnv, bank: PolicyBank, cfg: PerturbConfig, chunk_steps
             "value": value,
             "expert": (gs.policy == expert_idx) & ~noised,
             "noisy": noised,
+            "expert_action": expert_action,
             "policy": gs.policy,
             "done": new.done,
             "terminated": new.terminated,
@@ -243,7 +250,7 @@ def bank_params(bank: PolicyBank) -> dict[str, Any]:
 
 # ---- host side: cut chunks into whole episodes --------------------------------------------
 
-STEP_FIELDS = ("obs", "action", "command", "reward", "value", "expert", "noisy")
+STEP_FIELDS = ("obs", "action", "command", "reward", "value", "expert", "noisy", "expert_action")
 
 
 class EpisodeAssembler:

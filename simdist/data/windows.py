@@ -12,6 +12,7 @@ leading batch axis B)::
     value    [B, T]     V(s_{i+1}),  i = t .. t+T-1    (labelled data; state reached after a_i)
     expert   [B, T]     0/1                             (labelled data)
     noisy    [B, T]     0/1                             (only when requested in `fields`)
+    expert_action [B, T, A]  the expert's action at s_t .. s_{t+T-1} (datasets that have it)
 
 History steps before the episode start (t-H+j < 0) are padded with o_0 and ZERO actions, so
 windows can be anchored from step 0. Valid anchors satisfy ``0 <= t`` and ``t + T <= L - 1``
@@ -51,7 +52,8 @@ __all__ = ["WindowSampler", "heldout_mask"]
 _GOLDEN = (5**0.5 - 1) / 2  # frac(golden ratio)
 _SPLITS = ("train", "heldout", "all")
 _SPLIT_NAMES = {"train": "training", "heldout": "held-out", "all": "full"}
-_OUT_KEYS = {"command": "command", "reward": "reward", "value": "value", "expert": "expert", "noisy": "noisy"}
+_OUT_KEYS = {"command": "command", "reward": "reward", "value": "value", "expert": "expert", "noisy": "noisy",
+             "expert_action": "expert_action"}
 
 
 def heldout_mask(n_episodes: int, heldout_fraction: float) -> np.ndarray:

@@ -85,6 +85,7 @@ from simdist.config import from_dict as _from_dict
 from simdist.errors import ConfigError
 
 DYNAMICS_KINDS = ("transformer", "mlp")
+BC_TARGETS = ("expert", "relabelled")
 STAT_NAMES = ("obs", "action", "command", "reward", "value")
 MIN_STD = 1e-6  # stds are floored here when set, so constant features do not divide by zero
 _POS_EMB_INIT = nnx.initializers.normal(0.02)
@@ -113,6 +114,10 @@ class WorldModelConfig:
     w_reward: float = 1.0
     w_value: float = 1.0
     w_action: float = 4.0
+    # Behaviour-cloning target of the policy prior: "expert" = the executed action on clean
+    # expert steps only (the reference); "relabelled" = the expert's own action at EVERY step
+    # (the dataset's `expert_action`, DAgger-style), so the prior also learns recoveries.
+    bc_target: str = "expert"
     obs_noise_std: float = 0.0  # training input noise, normalised units, observation inputs only
 
     def __post_init__(self):
@@ -144,6 +149,8 @@ class WorldModelConfig:
             bad("loss weights must be >= 0")
         if self.obs_noise_std < 0:
             bad("obs_noise_std must be >= 0")
+        if self.bc_target not in BC_TARGETS:
+            bad(f"unknown bc_target '{self.bc_target}' (choose from {', '.join(BC_TARGETS)})")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "WorldModelConfig":
@@ -526,8 +533,9 @@ def world_model_loss(model: WorldModel, batch: dict[str, jax.Array], key: jax.Ar
 
     batch (raw units): hist_obs [B,H,O], hist_act [B,H,A], obs [B,T+1,O] (o_t..o_{t+T}),
     act [B,T,A], optional command [B,T,C] (or [B,C]), and optionally reward [B,T] (r(s_i,a_i)),
-    value [B,T] (V(s_{i+1})), expert [B,T] (0/1). Without reward/value/expert (real data)
-    only the latent term is used.
+    value [B,T] (V(s_{i+1})), expert [B,T] (0/1), and expert_action [B,T,A] (needed when
+    cfg.bc_target == "relabelled": then every step is a BC target, with the expert's action).
+    Without reward/value/expert (real data) only the latent term is used.
 
     Latent targets are the ONLINE encoder under stop-gradient: z_tgt[k] = sg(enc(o_{t+k+1})).
     With train=True and obs_noise_std > 0, Gaussian noise (normalised units) is added to the
@@ -572,12 +580,20 @@ def world_model_loss(model: WorldModel, batch: dict[str, jax.Array], key: jax.Ar
         metrics.update(value=v_loss, value_mse_raw=jnp.mean((v_raw - batch["value"]) ** 2), value_pred=v_raw)
     if "expert" in batch:
         a_hat_n = model._prior_n(ctx["z0"], c_n[:, 0])[:, :t]
-        mask = batch["expert"].astype(jnp.float32)[..., None]  # [B, T, 1]
+        if cfg.bc_target == "relabelled":
+            if "expert_action" not in batch:
+                raise ConfigError("bc_target 'relabelled' needs the dataset's expert_action field")
+            a_tgt = batch["expert_action"]
+            mask = jnp.ones(a_tgt.shape[:-1] + (1,), jnp.float32)
+        else:
+            a_tgt = batch["act"]
+            mask = batch["expert"].astype(jnp.float32)[..., None]  # [B, T, 1]
+        a_tgt_n = norm.normalize("action", a_tgt)
         denom = jnp.maximum(mask.sum() * cfg.action_size, 1.0)
-        a_loss = jnp.sum(mask * (a_hat_n - act_n) ** 2) / denom
+        a_loss = jnp.sum(mask * (a_hat_n - a_tgt_n) ** 2) / denom
         a_raw = norm.denormalize("action", a_hat_n)
         loss = loss + cfg.w_action * a_loss
-        metrics.update(action=a_loss, bc_mse_raw=jnp.sum(mask * (a_raw - batch["act"]) ** 2) / denom)
+        metrics.update(action=a_loss, bc_mse_raw=jnp.sum(mask * (a_raw - a_tgt) ** 2) / denom)
     metrics["loss"] = loss
     return loss, metrics
 
