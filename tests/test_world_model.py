@@ -343,6 +343,25 @@ def test_relabelled_prior_learns_the_expert_from_states_it_never_drove():
                          jax.random.key(0), train=False)
 
 
+def test_prior_context_makes_the_prior_read_the_history():
+    """prior_context=True: the prior's chunk changes with the history window (not only with
+    the current observation); the default prior ignores the history. MLP dynamics has no
+    context tokens, so the option is refused there."""
+    rng = np.random.default_rng(2)
+    b1 = random_batch(rng, tiny_config())
+    b2 = dict(b1, hist_obs=b1["hist_obs"] + 1.0, hist_act=-b1["hist_act"])
+    for flag in (False, True):
+        m = WorldModel(tiny_config(prior_context=flag), rngs=nnx.Rngs(0))
+        p1, p2 = (np.asarray(m.prior(m.context(b["hist_obs"], b["hist_act"], b["obs"][:, 0]))) for b in (b1, b2))
+        assert p1.shape == (3, T, ACT)
+        assert (np.abs(p1 - p2).max() > 1e-4) == flag
+        # Unbatched, as the planner calls it.
+        ctx = m.context(b1["hist_obs"][0], b1["hist_act"][0], b1["obs"][0, 0])
+        np.testing.assert_allclose(np.asarray(m.prior(ctx)), p1[0], atol=1e-5)
+    with pytest.raises(ConfigError, match="prior_context"):
+        tiny_config("mlp", prior_context=True)
+
+
 def test_r2_score_and_evaluate_batch():
     t = jnp.arange(10.0)
     assert float(r2_score(t, t)) == 1.0

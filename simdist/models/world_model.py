@@ -118,6 +118,11 @@ class WorldModelConfig:
     # expert steps only (the reference); "relabelled" = the expert's own action at EVERY step
     # (the dataset's `expert_action`, DAgger-style), so the prior also learns recoveries.
     bc_target: str = "expert"
+    # True: the policy prior also reads the history context (the memory tokens of the
+    # transformer dynamics, flattened), as the reference's prior cross-attends to the context,
+    # so it can infer from the recent past what the current observation does not show (a slip,
+    # low friction). False: the prior reads z0 and the command only.
+    prior_context: bool = False
     obs_noise_std: float = 0.0  # training input noise, normalised units, observation inputs only
 
     def __post_init__(self):
@@ -149,6 +154,8 @@ class WorldModelConfig:
             bad("loss weights must be >= 0")
         if self.obs_noise_std < 0:
             bad("obs_noise_std must be >= 0")
+        if self.prior_context and self.dynamics != "transformer":
+            bad("prior_context needs the transformer dynamics (its context tokens)")
         if self.bc_target not in BC_TARGETS:
             bad(f"unknown bc_target '{self.bc_target}' (choose from {', '.join(BC_TARGETS)})")
 
@@ -385,7 +392,8 @@ class WorldModel(nnx.Module):
             self.dynamics_net = MLPDynamics(cfg, rngs)
         self.reward_head = MLP((2 * z + a + c, *cfg.head_hidden, 1), rngs)
         self.value_head = MLP((z + c, *cfg.head_hidden, 1), rngs)
-        self.prior_head = MLP((z + c, *cfg.head_hidden, cfg.horizon * a), rngs)
+        prior_in = z + c + ((2 * cfg.history + 1) * cfg.d_model if cfg.prior_context else 0)
+        self.prior_head = MLP((prior_in, *cfg.head_hidden, cfg.horizon * a), rngs)
         # Created last so that the other parameters do not depend on whether it exists.
         if cfg.residual_hidden > 0:
             self.residual_net = Residual(cfg, rngs)
@@ -460,8 +468,12 @@ class WorldModel(nnx.Module):
     def _value_n(self, z, c_n) -> jax.Array:
         return self.value_head(jnp.concatenate([z, c_n], axis=-1))[..., 0]
 
-    def _prior_n(self, z0, c0_n) -> jax.Array:
-        out = self.prior_head(jnp.concatenate([z0, c0_n], axis=-1))
+    def _prior_n(self, ctx, c0_n) -> jax.Array:
+        parts = [ctx["z0"], c0_n]
+        if self.cfg.prior_context:
+            mem = ctx["memory"]
+            parts.append(mem.reshape(mem.shape[:-2] + (mem.shape[-2] * mem.shape[-1],)))
+        out = self.prior_head(jnp.concatenate(parts, axis=-1))
         return out.reshape(out.shape[:-1] + (self.cfg.horizon, self.cfg.action_size))
 
     # ---- public API (raw units) -------------------------------------------------------------
@@ -489,7 +501,7 @@ class WorldModel(nnx.Module):
     def prior(self, ctx, command=None) -> jax.Array:
         z0 = ctx["z0"]
         c0 = self._command_n(_first_command(command, z0.ndim), z0.shape[:-1], None)
-        return self.norm.denormalize("action", self._prior_n(z0, c0))
+        return self.norm.denormalize("action", self._prior_n(ctx, c0))
 
     def predict(self, ctx, actions: jax.Array, command=None) -> dict[str, jax.Array]:
         a_n = self.norm.normalize("action", actions)
@@ -579,7 +591,7 @@ def world_model_loss(model: WorldModel, batch: dict[str, jax.Array], key: jax.Ar
         loss = loss + cfg.w_value * v_loss
         metrics.update(value=v_loss, value_mse_raw=jnp.mean((v_raw - batch["value"]) ** 2), value_pred=v_raw)
     if "expert" in batch:
-        a_hat_n = model._prior_n(ctx["z0"], c_n[:, 0])[:, :t]
+        a_hat_n = model._prior_n(ctx, c_n[:, 0])[:, :t]
         if cfg.bc_target == "relabelled":
             if "expert_action" not in batch:
                 raise ConfigError("bc_target 'relabelled' needs the dataset's expert_action field")
