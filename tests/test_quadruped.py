@@ -341,6 +341,7 @@ def test_presets_and_world_model_layout(robot):
         assert isinstance(e.env, qt.QuadrupedEnvConfig) and robot.data_config(p).robot == "quadruped"
         assert dcfg.model.height_scan_shape == (qt.SCAN_ROWS, qt.SCAN_COLS)
         assert dcfg.model.obs_size == 127 and dcfg.model.command_size == 3 and dcfg.model.action_size == 12
+        assert dcfg.model.bc_target == "relabelled" and dcfg.model.prior_context  # the shipped recipe
     names = qt.QuadrupedTask.deployable_obs_names
     assert names[-qt.SCAN_ROWS * qt.SCAN_COLS :] == qt.SCAN_NAMES  # the scan is LAST, row-major
     task = robot.make_task()
