@@ -30,7 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_quadruped.py
 
 # Rebuild the artifacts the quadruped ships (robots/quadruped/pretrained) with the exact
-# commands and seeds of docs/quadruped.md: about 50 min on a 2-core CPU.
+# commands and seeds of docs/quadruped.md: about 45 min on a 2-core CPU (train-expert is not
+# bit-reproducible across machines; docs/quadruped.md says how the shipped model's data was made).
 Q := runs/quadruped
 quadruped-artifacts: $(STAMP)
 	$(BIN)/simdist train-expert --robot quadruped --preset default --seed 0 --out $(Q)/expert

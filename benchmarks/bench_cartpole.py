@@ -266,7 +266,9 @@ def bench_planner(presets, steps: int, robot: str = "cartpole") -> list[dict]:
     for dyn in ("transformer", "mlp"):
         for preset in presets:
             mppi = get_preset(preset)
-            mcfg = dataclasses.replace(base, dynamics=dyn, horizon=max(base.horizon, mppi.horizon))
+            # The MLP dynamics has no context tokens for the prior to read.
+            mcfg = dataclasses.replace(base, dynamics=dyn, horizon=max(base.horizon, mppi.horizon),
+                                       prior_context=base.prior_context and dyn == "transformer")
             model = WorldModel(mcfg, rngs=nnx.Rngs(0))
             ctrl = PlannerController(model, mppi, -ones, ones)
             ctrl.warmup(base.obs_size, base.command_size)

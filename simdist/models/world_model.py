@@ -155,7 +155,7 @@ class WorldModelConfig:
         if self.obs_noise_std < 0:
             bad("obs_noise_std must be >= 0")
         if self.prior_context and self.dynamics != "transformer":
-            bad("prior_context needs the transformer dynamics (its context tokens)")
+            bad("prior_context needs the transformer dynamics (its context tokens); set prior_context=false for the MLP dynamics")
         if self.bc_target not in BC_TARGETS:
             bad(f"unknown bc_target '{self.bc_target}' (choose from {', '.join(BC_TARGETS)})")
 
