@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_quadruped.py
 
 # Rebuild the artifacts the quadruped ships (robots/quadruped/pretrained) with the exact
-# commands and seeds of docs/quadruped.md: about 45 min on a 2-core CPU (train-expert is not
+# commands and seeds of docs/quadruped.md: about 40 min on a 2-core CPU (20 + 8 + 10 min measured; train-expert is not
 # bit-reproducible across machines; docs/quadruped.md says how the shipped model's data was made).
 Q := runs/quadruped
 quadruped-artifacts: $(STAMP)

@@ -27,7 +27,7 @@ from flax import nnx
 from simdist.checkpointing import Checkpoints
 from simdist.config import read_json, to_dict, with_overrides, write_json
 from simdist.data.dataset import Dataset
-from simdist.data.windows import WindowSampler
+from simdist.data.windows import LABEL_FIELDS, WindowSampler
 from simdist.errors import CheckpointError, DatasetError, TrainingDivergedError
 from simdist.models.distill_config import DistillConfig
 from simdist.models.io import save_model
@@ -68,8 +68,8 @@ def open_dataset(path: Path, cfg: DistillConfig) -> Dataset:
 
 
 def _window_fields(ds: Dataset, cfg: DistillConfig) -> tuple[str, ...]:
-    """The labelled fields a training window needs; the relabelled BC target needs `expert_action`."""
-    fields = [f for f in ("command", "reward", "value", "expert") if f in ds.field_names]
+    """The sampler's default fields, plus `expert_action` for the relabelled BC target."""
+    fields = [f for f in LABEL_FIELDS if f in ds.field_names]
     if cfg.model.bc_target == "relabelled":
         if "expert_action" not in ds.field_names:
             raise DatasetError(f"{ds.path}: model.bc_target 'relabelled' needs a dataset with expert_action labels"

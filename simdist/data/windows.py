@@ -47,11 +47,13 @@ import numpy as np
 from simdist.data.dataset import Dataset
 from simdist.errors import DatasetError
 
-__all__ = ["WindowSampler", "heldout_mask"]
+__all__ = ["LABEL_FIELDS", "WindowSampler", "heldout_mask"]
 
 _GOLDEN = (5**0.5 - 1) / 2  # frac(golden ratio)
 _SPLITS = ("train", "heldout", "all")
 _SPLIT_NAMES = {"train": "training", "heldout": "held-out", "all": "full"}
+#: The per-step fields a window loads by default, besides obs and action, when the dataset has them.
+LABEL_FIELDS = ("command", "reward", "value", "expert")
 _OUT_KEYS = {"command": "command", "reward": "reward", "value": "value", "expert": "expert", "noisy": "noisy",
              "expert_action": "expert_action"}
 
@@ -101,7 +103,7 @@ class WindowSampler:
 
         available = dataset.field_names
         if fields is None:
-            wanted = ["obs", "action"] + [f for f in ("command", "reward", "value", "expert") if f in available]
+            wanted = ["obs", "action"] + [f for f in LABEL_FIELDS if f in available]
         else:
             unknown = [f for f in fields if f not in available]
             if unknown:
