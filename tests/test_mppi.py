@@ -106,14 +106,14 @@ def v_star(z) -> float:
     return float(-z @ P_MAT @ z)
 
 
-def np_return(actions, z0, gamma=GAMMA) -> float:
-    """Σ_k γ^k r_k + γ^T V(z_T) in float64, the formula the planner must implement."""
+def np_return(actions, z0, gamma=GAMMA, value_weight=1.0) -> float:
+    """Σ_k γ^k r_k + w γ^T V(z_T) in float64, the formula the planner must implement."""
     z, total = np.asarray(z0, np.float64), 0.0
     for k, a in enumerate(np.asarray(actions, np.float64)):
         zn = A_MAT @ z + B_MAT @ a
         total += gamma**k * -(zn @ Q_MAT @ zn + a @ R_MAT @ a)
         z = zn
-    return total + gamma ** len(actions) * v_star(z)
+    return total + value_weight * gamma ** len(actions) * v_star(z)
 
 
 Z0S = [aug(x) for x in np.random.default_rng(0).normal(size=(3, 3))]
@@ -176,6 +176,19 @@ def test_best_return_is_the_documented_discounted_return():
     _, state, diag = planner(cfg)(PARAMS, ctx_of(z0), NO_COMMAND, cold(cfg), jax.random.key(3))
     assert float(diag["best_return"]) == pytest.approx(np_return(state.mean, z0), rel=1e-4)
     np.testing.assert_allclose(np.asarray(state.std), cfg.min_std)  # one elite: zero variance, clipped
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3])
+def test_value_weight_scales_only_the_terminal_value(w):
+    cfg = MPPIConfig(horizon=4, samples=64, iterations=1, elites=1, temperature=1e6, prior_samples=0,
+                     discount=GAMMA, value_weight=w)
+    z0 = Z0S[1]
+    _, state, diag = planner(cfg)(PARAMS, ctx_of(z0), NO_COMMAND, cold(cfg), jax.random.key(3))
+    best = float(diag["best_return"])
+    assert best == pytest.approx(np_return(state.mean, z0, value_weight=w), rel=1e-4)
+    assert best != pytest.approx(np_return(state.mean, z0), rel=1e-2)  # the value term really changed
+    with pytest.raises(ValueError, match="value_weight"):
+        MPPIConfig(value_weight=-1.0)
 
 
 def test_warm_start_beats_cold_start_in_closed_loop():

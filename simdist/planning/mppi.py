@@ -25,7 +25,7 @@ Shapes (``N`` candidate sequences, ``T`` = ``cfg.horizon``, ``A`` actions, ``Z``
 
 Return of a candidate (discount ``γ``)::
 
-    R = Σ_{k=0}^{T-1} γ^k r̂_k  +  γ^T v̂(ẑ_T)
+    R = Σ_{k=0}^{T-1} γ^k r̂_k  +  w γ^T v̂(ẑ_T)      (w = ``value_weight``, 1 by default)
 
 The reference code writes ``γ^{T+1}``; we use ``γ^T`` because the value label stored with the
 last step is ``V(s_{t+T})`` (the state reached after ``T`` actions), so ``γ^T`` makes the
@@ -116,6 +116,9 @@ class MPPIConfig:
     prior_samples: int = 16  # prior chunk + N(0, prior_noise_std²), added to every iteration
     prior_noise_std: float = 0.05
     discount: float = 0.99
+    # Weight of the terminal value in the return (1 = the method's bootstrap). Below 1 the
+    # planner leans on the predicted rewards of its horizon; a diagnostic, see docs/quadruped.md.
+    value_weight: float = 1.0
 
     def __post_init__(self):
         if self.horizon < 1 or self.iterations < 1 or self.samples < 0 or self.prior_samples < 0:
@@ -129,6 +132,8 @@ class MPPIConfig:
             raise ValueError(f"init_std must be > 0, temperature and prior_noise_std >= 0: {self}")
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+        if self.value_weight < 0:
+            raise ValueError(f"value_weight must be >= 0, got {self.value_weight}")
 
 
 # tiny/default fit the 50 Hz (20 ms) budget with margin on a 2-core CPU. With the cartpole's
@@ -212,7 +217,7 @@ def _returns(cfg: MPPIConfig, model: PlanModel, params, ctx, command, z0, action
     r = model.reward(params, z_prev, actions, z, command)  # [M,T]
     v = model.value(params, z[:, -1], command)  # [M]
     disc = cfg.discount ** jnp.arange(t, dtype=jnp.float32)
-    return jnp.sum(r * disc, axis=-1) + (cfg.discount**t) * v
+    return jnp.sum(r * disc, axis=-1) + cfg.value_weight * (cfg.discount**t) * v
 
 
 def _all_finite(*xs) -> jax.Array:
