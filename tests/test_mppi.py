@@ -22,6 +22,7 @@ from simdist.planning import (
     MPPIConfig,
     PlanModel,
     PlanState,
+    colored_noise,
     elite_statistics,
     fit_chunk,
     init_plan_state,
@@ -347,3 +348,26 @@ def test_config_validation_and_presets():
     )
     with pytest.raises(ValueError):
         planner(ONE_ITER)(PARAMS, ctx_of(Z0S[0]), NO_COMMAND, init_plan_state(CONVERGE, 3, -1.0, 1.0), jax.random.key(0))
+
+
+def test_colored_noise_is_white_at_beta_zero_and_smooth_above():
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(colored_noise(key, 0.0, (4, 10, 3)), jax.random.normal(key, (4, 10, 3)))
+    lag1 = {}
+    for beta in (0.0, 1.0, 2.5):
+        x = np.asarray(colored_noise(key, beta, (20000, 10, 2)))
+        assert x.shape == (20000, 10, 2) and x.dtype == np.float32
+        np.testing.assert_allclose(x.std(axis=(0, 2)), 1.0, atol=0.03)  # unit variance at every step
+        np.testing.assert_allclose(x.mean(), 0.0, atol=0.02)
+        lag1[beta] = np.mean([np.corrcoef(x[:, k, 0], x[:, k + 1, 0])[0, 1] for k in range(9)])
+    assert abs(lag1[0.0]) < 0.03 < lag1[1.0] < lag1[2.5], lag1
+
+
+def test_planner_with_colored_noise_still_solves_the_toy():
+    cfg = dataclasses.replace(CONVERGE, noise_beta=2.0)
+    z0 = Z0S[0]
+    action, state, diag = planner(cfg)(PARAMS, ctx_of(z0), NO_COMMAND, cold(cfg), jax.random.key(5))
+    assert bool(diag["finite"])
+    np.testing.assert_allclose(action, a_star(z0), atol=0.1)
+    with pytest.raises(ValueError, match="noise_beta"):
+        MPPIConfig(noise_beta=-1.0)

@@ -44,7 +44,9 @@ One call of :func:`plan`:
    program). Candidates of an iteration, ``samples + prior_samples + 1`` in all:
 
    - the current mean itself (un-noised; common practice, it keeps a good warm start alive);
-   - ``samples`` Gaussian sequences ``mean + std * ε`` clipped to ``[action_low, action_high]``;
+   - ``samples`` Gaussian sequences ``mean + std * ε`` clipped to ``[action_low, action_high]``
+     (ε is white noise, or with ``noise_beta > 0`` coloured along the horizon:
+     :func:`colored_noise`, which also colours the prior samples' noise);
    - ``prior_samples`` sequences ``prior chunk + N(0, prior_noise_std²)`` clipped to the
      bounds (only when ``model.prior`` is not ``None`` and ``prior_samples > 0``); the prior
      chunk is computed once per call and mixed into EVERY iteration.
@@ -78,6 +80,7 @@ __all__ = [
     "PlanModel",
     "PlanState",
     "benchmark_presets",
+    "colored_noise",
     "elite_statistics",
     "fit_chunk",
     "get_preset",
@@ -119,6 +122,10 @@ class MPPIConfig:
     # Weight of the terminal value in the return (1 = the method's bootstrap). Below 1 the
     # planner leans on the predicted rewards of its horizon; a diagnostic, see docs/quadruped.md.
     value_weight: float = 1.0
+    # Temporal colour of the sampling noise (Gaussian and prior samples): power spectrum
+    # ∝ 1/f^beta along the horizon, unit variance per step. 0 = white (the reference); iCEM uses
+    # 2-3 for locomotion, so each sample is a smooth deviation rather than per-step jitter.
+    noise_beta: float = 0.0
 
     def __post_init__(self):
         if self.horizon < 1 or self.iterations < 1 or self.samples < 0 or self.prior_samples < 0:
@@ -134,6 +141,8 @@ class MPPIConfig:
             raise ValueError(f"discount must be in (0, 1], got {self.discount}")
         if self.value_weight < 0:
             raise ValueError(f"value_weight must be >= 0, got {self.value_weight}")
+        if self.noise_beta < 0:
+            raise ValueError(f"noise_beta must be >= 0, got {self.noise_beta}")
 
 
 # tiny/default fit the 50 Hz (20 ms) budget with margin on a 2-core CPU. With the cartpole's
@@ -191,6 +200,37 @@ def fit_chunk(chunk: jax.Array, horizon: int) -> jax.Array:
     if tp >= horizon:
         return chunk[:horizon]
     return jnp.concatenate([chunk, jnp.repeat(chunk[-1:], horizon - tp, axis=0)], axis=0)
+
+
+def colored_noise(key: jax.Array, beta: float, shape: tuple[int, ...]) -> jax.Array:
+    """Gaussian noise ``[..., T, A]`` with power spectrum ∝ 1/f^beta along ``T``, unit variance.
+
+    ``beta = 0`` is white noise (a plain normal draw). Built in the frequency domain: the
+    amplitude of frequency f (floored at 1/T, so the mean component stays finite) is
+    f^(-beta/2); after the inverse real FFT every step is rescaled to variance 1 exactly.
+    """
+    *lead, t, a = shape
+    if beta == 0.0 or t < 2:
+        return jax.random.normal(key, shape, jnp.float32)
+    f = np.fft.rfftfreq(t)
+    amp = np.maximum(f, 1.0 / t) ** (-beta / 2.0)
+    # Per-step variance of irfft(amp * (x + iy)) with x, y ~ N(0, 1) is Σ weight * amp² / T²:
+    # the real-only terms (DC and, for even T, Nyquist) have weight 1; the others enter as
+    # 2 Re(X e^{iθ}), variance 4 amp².
+    weight = np.full(f.shape, 4.0)
+    weight[0] = 1.0
+    if t % 2 == 0:
+        weight[-1] = 1.0
+    scale = np.sqrt(np.sum(weight * amp**2)) / t
+    kr, ki = jax.random.split(key)
+    re = jax.random.normal(kr, (*lead, a, f.size), jnp.float32)
+    im = jax.random.normal(ki, (*lead, a, f.size), jnp.float32)
+    im = im.at[..., 0].set(0.0)
+    if t % 2 == 0:
+        im = im.at[..., -1].set(0.0)
+    spec = (re + 1j * im) * jnp.asarray(amp, jnp.float32)
+    x = jnp.fft.irfft(spec, n=t, axis=-1) / jnp.float32(scale)
+    return jnp.swapaxes(x, -1, -2).astype(jnp.float32)
 
 
 def elite_statistics(actions, returns, elites: int, temperature: float, min_std: float, max_std: float):
@@ -265,10 +305,10 @@ def plan(
     def body(i, carry):
         mean, std, _, _, bad = carry
         k_gauss, k_prior = jax.random.split(jax.random.fold_in(key, i))
-        gauss = mean + std * jax.random.normal(k_gauss, (cfg.samples, t, a), jnp.float32)
+        gauss = mean + std * colored_noise(k_gauss, cfg.noise_beta, (cfg.samples, t, a))
         cands = [mean[None], jnp.clip(gauss, lo, hi)]
         if use_prior:
-            noise = cfg.prior_noise_std * jax.random.normal(k_prior, (cfg.prior_samples, t, a), jnp.float32)
+            noise = cfg.prior_noise_std * colored_noise(k_prior, cfg.noise_beta, (cfg.prior_samples, t, a))
             cands.append(jnp.clip(prior_chunk + noise, lo, hi))
         actions = jnp.concatenate(cands, axis=0)
         ret = _returns(cfg, model, params, ctx, command, z0, actions).astype(jnp.float32)
