@@ -244,6 +244,8 @@ def deploy_cmd(
     mppi: str = typer.Option("default", "--mppi", help="Planner preset: tiny | default | paper."),
     mppi_horizon: Optional[int] = typer.Option(None, "--mppi-horizon", help="Plan this many steps "
                                                "[default: the preset's, at most the model's horizon]."),
+    mppi_set: list[str] = typer.Option([], "--mppi-set", help="Override a field of the MPPI preset, e.g. "
+                                       "--mppi-set noise_beta=2 --mppi-set init_std=1.0 (see docs/quadruped.md)."),
     mode: str = typer.Option("lock-step", "--mode", help="lock-step (the robot waits) or real-time (it does not)."),
     backend: str = typer.Option("sim-real", "--backend", help="Robot backend."),
     episode_length: Optional[int] = typer.Option(None, "--episode-length", help="Control steps per episode."),
@@ -270,7 +272,8 @@ def deploy_cmd(
             raise SimdistError(f"robot '{robot}' ships no pretrained world model; give --model (planner) or --expert")
         typer.echo(f"planning with the shipped world model {model}")
     cfg = DeployConfig(robot=robot, episodes=episodes, episode_length=episode_length, mppi=mppi,
-                       mppi_horizon=mppi_horizon, backend=backend,
+                       mppi_horizon=mppi_horizon, mppi_overrides=tuple(_parse_set(mppi_set).items()),
+                       backend=backend,
                        gap=gap, mode=mode, seed=seed)
     res = deploy(cfg, model_dir=model, expert_dir=expert, record=record, show_progress=progress)
     for i, (ret, steps) in enumerate(zip(res.returns, res.steps)):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from simdist.backends import make_backend
 from simdist.data.dataset import Dataset, DatasetSpec
 from simdist.errors import CheckpointError, ConfigError, PlannerError, SimdistError
 from simdist.planning.controller import Controller, ExpertController, PlannerController
-from simdist.planning.mppi import get_preset
+from simdist.config import from_dict
+from simdist.planning.mppi import MPPIConfig, get_preset
 from simdist.progress import progress_bar
 from simdist.robots import get_robot
 
@@ -58,6 +60,9 @@ class DeployConfig:
     episode_length: int | None = None  # None: the robot's env config episode_length
     mppi: str = "default"  # MPPI preset name (planner only)
     mppi_horizon: int | None = None  # override the preset's horizon (must be <= the model's)
+    # Other MPPIConfig fields replacing the preset's, e.g. (("noise_beta", 2.0),); checked when the
+    # planner is built (unknown field or invalid value: one-line ConfigError).
+    mppi_overrides: tuple[tuple[str, Any], ...] = ()
     backend: str = "sim-real"
     gap: str | None = "default"
     mode: str = "lock-step"
@@ -163,6 +168,25 @@ def episode_seed(seed: int, episode: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(episode)]).generate_state(1)[0])
 
 
+def _override_mppi(mppi: MPPIConfig, overrides: dict[str, Any]) -> MPPIConfig:
+    """The preset with these fields replaced (types as the dataclass declares them)."""
+    if not overrides:
+        return mppi
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(MPPIConfig)})
+    if unknown:
+        fields = ", ".join(f.name for f in dataclasses.fields(MPPIConfig))
+        raise ConfigError(f"deploy: MPPI has no field(s) {unknown}; its fields: {fields}")
+    hints = typing.get_type_hints(MPPIConfig)
+    for key, value in overrides.items():
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (hints[key] is float and isinstance(value, float))
+        if not ok:
+            raise ConfigError(f"deploy: MPPI field {key} takes {hints[key].__name__}, got {value!r}")
+    try:
+        return from_dict(MPPIConfig, dataclasses.asdict(mppi) | overrides)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"deploy: bad MPPI setting {overrides}: {e}") from None
+
+
 def make_controller(cfg: DeployConfig, spec, *, model_dir: Path | None = None,
                     expert_dir: Path | None = None) -> Controller:
     """The controller of a deploy run; CheckpointError (one line) when the artifact is for another robot."""
@@ -183,9 +207,10 @@ def make_controller(cfg: DeployConfig, spec, *, model_dir: Path | None = None,
             mppi = get_preset(cfg.mppi)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        mppi = _override_mppi(mppi, dict(cfg.mppi_overrides))
         if cfg.mppi_horizon is not None:
             mppi = dataclasses.replace(mppi, horizon=cfg.mppi_horizon)
-        elif mppi.horizon > m.horizon:
+        elif mppi.horizon > m.horizon and "horizon" not in dict(cfg.mppi_overrides):
             # A preset plans at most as far as the model was trained to predict.
             mppi = dataclasses.replace(mppi, horizon=m.horizon)
         return PlannerController(model, mppi, spec.action_low, spec.action_high, seed=cfg.seed,

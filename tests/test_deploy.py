@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -15,7 +16,7 @@ from simdist.backends.base import RobotInterface
 from simdist.data.dataset import Dataset, DatasetSpec
 from simdist.errors import CheckpointError, ConfigError, DatasetError, PlannerError
 from simdist.models.io import load_model
-from simdist.pipelines.deploy import DeployConfig, deploy, episode_seed
+from simdist.pipelines.deploy import DeployConfig, deploy, episode_seed, make_controller
 from simdist.planning.controller import (
     PlannerController,
     ZeroController,
@@ -346,6 +347,21 @@ def test_config_errors(model_dir, tiny_expert):
     assert "horizon" in _one_line(e.value)
     with pytest.raises(ConfigError):
         deploy(_cfg(mppi="nope"), model_dir=model_dir, show_progress=False)
+
+
+def test_mppi_overrides_reach_the_planner_and_bad_ones_are_one_line_errors(model_dir):
+    with make_backend("sim-real", "cartpole", gap="none", seed=0) as b:
+        spec = b.spec
+    ctl = make_controller(_cfg(mppi_overrides=(("noise_beta", 2), ("init_std", 1.0), ("samples", 32))), spec,
+                          model_dir=model_dir)
+    want = dataclasses.replace(get_preset("tiny"), noise_beta=2.0, init_std=1.0, samples=32)
+    assert ctl.mppi == want and isinstance(ctl.mppi.noise_beta, float)
+    # A horizon given as an override is explicit, like --mppi-horizon: longer than the model's is refused.
+    for bad, needle in [((("nope", 1),), "nope"), ((("samples", 1.5),), "samples"), ((("init_std", "x"),), "init_std"),
+                        ((("elites", 10_000),), "elites"), ((("horizon", 99),), "horizon")]:
+        with pytest.raises(ConfigError) as e:
+            make_controller(_cfg(mppi_overrides=bad), spec, model_dir=model_dir)
+        assert needle in _one_line(e.value)
 
 
 def test_real_time_mode_reports_missed_deadlines():
