@@ -662,3 +662,17 @@ def test_expert_action_labels_round_trip_without_statistics(tmp_path):
     assert "expert_action" not in WindowSampler(ds, 2, 3, split="all").sample(2, rng)
     with pytest.raises(DatasetError, match="expert_action"):
         Dataset.open_or_create(tmp_path / "d", make_spec(command_size=3))
+
+
+def test_a_script_that_leaves_a_dataset_open_exits_quietly(tmp_path):
+    # Module globals are torn down at interpreter exit before the last Dataset is collected;
+    # its __del__ must still release the lock without printing "Exception ignored in ...".
+    path = tmp_path / "data"
+    Dataset.create(path, make_spec(), chunk_steps=64).close()
+    # Importing jax first changes the teardown order so that the Dataset outlives `contextlib`.
+    code = "import sys\nimport jax.numpy\nfrom simdist.data import Dataset\nds = Dataset.open(sys.argv[1], writable=True)\n"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    Dataset.open(path, writable=True).close()  # and the lock is free again

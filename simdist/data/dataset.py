@@ -623,8 +623,11 @@ class Dataset:
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        # No `contextlib` here: at interpreter exit module globals may already be None.
+        try:
             self.close()
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         return (f"Dataset({str(self.path)!r}, robot={self.spec.robot!r}, source={self.spec.source!r},"
