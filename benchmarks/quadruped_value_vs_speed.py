@@ -44,8 +44,8 @@ def measure(model_dir: Path, data_dir: Path) -> dict:
     z = _batched(model.encode, obs)
     # Steps with a successor in the same episode: r̂(z_t, a_t, z_{t+1}) needs z_{t+1}.
     idx = np.concatenate([np.arange(s, s + n - 1) for s, n, _, _ in episodes if n > 1])
-    r = _batched(lambda a, b, c, d: model.reward(a, b, c, d), z[idx], act[idx], z[idx + 1], cmd[idx])
-    v = _batched(lambda a, b: model.value(a, b), z[idx], cmd[idx])
+    r = _batched(model.reward, z[idx], act[idx], z[idx + 1], cmd[idx])
+    v = _batched(model.value, z[idx], cmd[idx])
     vx, up = obs[idx, i_vx], obs[idx, i_gz] < UPRIGHT_GZ
     rows = []
     for lo, hi in zip(BINS[:-1], BINS[1:]):

@@ -45,7 +45,6 @@ from simdist.backends import make_backend
 from simdist.data.dataset import Dataset, DatasetSpec
 from simdist.errors import CheckpointError, ConfigError, PlannerError, SimdistError
 from simdist.planning.controller import Controller, ExpertController, PlannerController
-from simdist.config import from_dict
 from simdist.planning.mppi import MPPIConfig, get_preset
 from simdist.progress import progress_bar
 from simdist.robots import get_robot
@@ -169,21 +168,19 @@ def episode_seed(seed: int, episode: int) -> int:
 
 
 def _override_mppi(mppi: MPPIConfig, overrides: dict[str, Any]) -> MPPIConfig:
-    """The preset with these fields replaced (types as the dataclass declares them)."""
-    if not overrides:
-        return mppi
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(MPPIConfig)})
-    if unknown:
-        fields = ", ".join(f.name for f in dataclasses.fields(MPPIConfig))
-        raise ConfigError(f"deploy: MPPI has no field(s) {unknown}; its fields: {fields}")
+    """The preset with these fields replaced; every MPPIConfig field is an int or a float."""
     hints = typing.get_type_hints(MPPIConfig)
+    checked = {}
     for key, value in overrides.items():
-        ok = (isinstance(value, int) and not isinstance(value, bool)) or (hints[key] is float and isinstance(value, float))
-        if not ok:
-            raise ConfigError(f"deploy: MPPI field {key} takes {hints[key].__name__}, got {value!r}")
+        want = hints.get(key)
+        if want is None:
+            raise ConfigError(f"deploy: MPPI has no field '{key}'; its fields: {', '.join(hints)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+            raise ConfigError(f"deploy: MPPI field {key} takes {want.__name__}, got {value!r}")
+        checked[key] = want(value)
     try:
-        return from_dict(MPPIConfig, dataclasses.asdict(mppi) | overrides)
-    except (ValueError, TypeError) as e:
+        return dataclasses.replace(mppi, **checked)  # one construction: checks see all fields at once
+    except ValueError as e:  # MPPIConfig's own checks
         raise ConfigError(f"deploy: bad MPPI setting {overrides}: {e}") from None
 
 
@@ -207,10 +204,11 @@ def make_controller(cfg: DeployConfig, spec, *, model_dir: Path | None = None,
             mppi = get_preset(cfg.mppi)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        mppi = _override_mppi(mppi, dict(cfg.mppi_overrides))
+        overrides = dict(cfg.mppi_overrides)
+        mppi = _override_mppi(mppi, overrides)
         if cfg.mppi_horizon is not None:
             mppi = dataclasses.replace(mppi, horizon=cfg.mppi_horizon)
-        elif mppi.horizon > m.horizon and "horizon" not in dict(cfg.mppi_overrides):
+        elif mppi.horizon > m.horizon and "horizon" not in overrides:
             # A preset plans at most as far as the model was trained to predict.
             mppi = dataclasses.replace(mppi, horizon=m.horizon)
         return PlannerController(model, mppi, spec.action_low, spec.action_high, seed=cfg.seed,
