@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -31,13 +32,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _parse_set(items: list[str]) -> dict:
+def _parse_set(items: list[str], flag: str = "--set") -> dict:
     """`--set ppo.num_iterations=10` -> {"ppo.num_iterations": 10} (values parsed as JSON)."""
     out = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise SimdistError(f"--set takes KEY=VALUE, got '{item}'")
+            raise SimdistError(f"{flag} takes KEY=VALUE, got '{item}'")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -64,7 +65,6 @@ def train_expert_cmd(
     Keeps policy snapshots along training (the sub-optimal ones feed Stage 2) and the value
     function. Run the same command again to resume an interrupted run.
     """
-    import dataclasses
 
     from simdist.pipelines.train_expert import make_config, train_expert
 
@@ -121,6 +121,8 @@ def generate_data_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dataset path [default: runs/<robot>/data]."),
     seed: int = SeedOpt,
     set_: list[str] = typer.Option([], "--set", help="Override a config field, e.g. --set transitions=200000."),
+    env_set: list[str] = typer.Option([], "--env-set", help="Override a field of the expert's env config for "
+                                      "this data, e.g. --env-set friction_range=[0.6,1.2] (randomise differently)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Stage 2: perturbed-action rollouts in MJX, labelled with reward and expert value.
@@ -133,6 +135,8 @@ def generate_data_cmd(
     from simdist.pipelines.generate_data import generate_data, make_config
 
     cfg = make_config(robot, preset, seed, _parse_set(set_))
+    if env_set:
+        cfg = dataclasses.replace(cfg, env_overrides=tuple(_parse_set(env_set, "--env-set").items()))
     expert = expert or Path("runs") / robot / "expert"
     out = out or Path("runs") / robot / "data"
     result = generate_data(cfg, expert, out, show_progress=progress)
@@ -272,7 +276,7 @@ def deploy_cmd(
             raise SimdistError(f"robot '{robot}' ships no pretrained world model; give --model (planner) or --expert")
         typer.echo(f"planning with the shipped world model {model}")
     cfg = DeployConfig(robot=robot, episodes=episodes, episode_length=episode_length, mppi=mppi,
-                       mppi_horizon=mppi_horizon, mppi_overrides=tuple(_parse_set(mppi_set).items()),
+                       mppi_horizon=mppi_horizon, mppi_overrides=tuple(_parse_set(mppi_set, "--mppi-set").items()),
                        backend=backend,
                        gap=gap, mode=mode, seed=seed)
     res = deploy(cfg, model_dir=model, expert_dir=expert, record=record, show_progress=progress)

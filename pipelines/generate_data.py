@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from simdist.config import to_dict, with_overrides
+from simdist.config import replace_checked, to_dict, with_overrides
 from simdist.data.dataset import Dataset, DatasetSpec
 from simdist.data.generate import (
     STEP_FIELDS,
@@ -85,6 +85,8 @@ def generate_data(
     if cfg.episode_length is not None:
         env_cfg = dataclasses.replace(env_cfg, episode_length=cfg.episode_length)
     env_cfg = dataclasses.replace(env_cfg, randomize=True)
+    if cfg.env_overrides:
+        env_cfg = replace_checked(env_cfg, dict(cfg.env_overrides), "generate-data --env-set")
     robot = get_robot(cfg.robot)
     task = robot.make_task(env_cfg)
     env = MjxEnv(task)
@@ -98,11 +100,16 @@ def generate_data(
         "label_timing": "reward[i] = r(s_i, a_i); value[i] = V(s_{i+1}) (0 if s_{i+1} is a failure)",
     }
     with Dataset.open_or_create(out, spec, extra=extra) as ds:
+        stored_env = ds.extra.get("env")
+        if stored_env is not None and stored_env != extra["env"]:
+            diff = sorted(k for k in set(stored_env) | set(extra["env"]) if stored_env.get(k) != extra["env"].get(k))
+            raise DatasetError(f"{out}: this dataset was generated with other env settings ({', '.join(diff)}); "
+                               "continue it with the same expert and --env-set, or write a new one")
         return _generate(cfg, snaps, env, spec, ds, out, show_progress, stop_after_appends)
 
 
 def _generate(cfg, snaps, env, spec, ds, out, show_progress, stop_after_appends) -> GenerateResult:
-    stored = ds.attrs.get("generate")
+    stored = ds.extra.get("generate")
     if stored is not None and stored.get("robot") != cfg.robot:
         raise DatasetError(f"{out}: dataset was generated for robot '{stored.get('robot')}', not '{cfg.robot}'")
     start_transitions = ds.n_transitions

@@ -61,6 +61,55 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _matches(tp: Any, value: Any) -> bool:
+    """Whether `value` (already through `_convert`) is of the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(arg, value) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(args[0], v) for v in value)
+        return len(args) == len(value) and all(_matches(a, v) for a, v in zip(args, value))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # Any and other annotations: not checked here
+
+
+def replace_checked(cfg: T, overrides: dict[str, Any], what: str) -> T:
+    """`cfg` with these top-level fields replaced, each converted to and checked against its
+    annotated type, in one `dataclasses.replace` (so the config's own checks see all of them at
+    once). Any problem is a one-line ConfigError that names `what` (e.g. "generate-data env")."""
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    checked = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ConfigError(f"{what}: no field '{key}'; its fields: {', '.join(names)}")
+        raw = tuple(value) if isinstance(value, list) else value
+        value = _convert(hints[key], raw)
+        truncated = isinstance(raw, tuple) and isinstance(value, tuple) and len(value) != len(raw)
+        if truncated or not _matches(hints[key], value):
+            raise ConfigError(f"{what}: field {key} takes {_type_name(hints[key])}, got {raw!r}")
+        checked[key] = value
+    try:
+        return dataclasses.replace(cfg, **checked)
+    except (ConfigError, ValueError, TypeError) as e:
+        raise ConfigError(f"{what}: bad setting {overrides}: {e}") from None
+
+
 def with_overrides(cfg: T, overrides: dict[str, Any], _prefix: str = "") -> T:
     """Replace fields by dotted keys, e.g. {"ppo.num_iterations": 10}."""
     for key, value in overrides.items():

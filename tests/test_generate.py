@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -155,3 +156,39 @@ def test_generation_resumes_to_the_target(tiny_expert, tmp_path):
     # A third call has nothing left to do.
     third = generate_data(cfg, tiny_expert[1], out, show_progress=False)
     assert third.added_transitions == 0
+
+
+def test_env_overrides_change_the_rollouts_and_guard_resumption(tiny_expert, tmp_path):
+    from simdist.data.dataset import Dataset
+    from simdist.errors import ConfigError, DatasetError
+    from simdist.pipelines.generate_data import generate_data, make_config
+
+    base = make_config("cartpole", "tiny", seed=3, overrides={"transitions": 1_500, "flush_transitions": 1_500})
+    env = (("episode_length", 60), ("pole_mass_range", (1.2, 1.3)))
+    cfg = dataclasses.replace(base, env_overrides=env)
+    out = tmp_path / "data"
+    generate_data(cfg, tiny_expert[1], out, show_progress=False)
+    ds = Dataset.open(out)
+    assert ds.n_transitions >= 1_500
+    # The rollouts ran in the overridden env (the expert trained with 300-step episodes)...
+    assert ds.episodes()[:, 1].max() <= 60
+    # ...and the dataset records the env it was generated with.
+    assert ds.extra["env"]["episode_length"] == 60 and ds.extra["env"]["pole_mass_range"] == [1.2, 1.3]
+    n = ds.n_transitions
+    ds.close()
+
+    # Continuing with other env settings is refused and changes nothing.
+    more = dataclasses.replace(cfg, transitions=3_000, env_overrides=(("episode_length", 60),))
+    with pytest.raises(DatasetError, match="other env settings.*pole_mass_range"):
+        generate_data(more, tiny_expert[1], out, show_progress=False)
+    assert Dataset.open(out).n_transitions == n
+
+    # Bad overrides are one-line errors before anything is written.
+    bad = [(("nope", 1),), (("pole_mass_range", "heavy"),), (("pole_mass_range", (1.0, 2.0, 3.0)),),
+           (("episode_length", 1.5),)]
+    for overrides in bad:
+        new = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(ConfigError) as err:
+            generate_data(dataclasses.replace(base, env_overrides=overrides), tiny_expert[1], new, show_progress=False)
+        assert "\n" not in str(err.value) and "--env-set" in str(err.value)
+        assert not new.exists()

@@ -83,6 +83,9 @@ class GenerateConfig:
     episode_length: int | None = None  # None: the expert's episode length
     perturb: PerturbConfig = PerturbConfig()
     expert_action_labels: bool = True  # store the expert's action at every step (`expert_action`)
+    # Fields of the expert's env config replaced for Stage 2, e.g. (("friction_range", (0.6, 1.2)),):
+    # randomise the data differently from the expert's training. Empty: the expert's env as is.
+    env_overrides: tuple[tuple[str, Any], ...] = ()
 
 
 # ---- the phase process -------------------------------------------------------------------
