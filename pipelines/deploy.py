@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from simdist.backends import make_backend
+from simdist.config import replace_checked
 from simdist.data.dataset import Dataset, DatasetSpec
 from simdist.errors import CheckpointError, ConfigError, PlannerError, SimdistError
 from simdist.planning.controller import Controller, ExpertController, PlannerController
@@ -168,20 +168,8 @@ def episode_seed(seed: int, episode: int) -> int:
 
 
 def _override_mppi(mppi: MPPIConfig, overrides: dict[str, Any]) -> MPPIConfig:
-    """The preset with these fields replaced; every MPPIConfig field is an int or a float."""
-    hints = typing.get_type_hints(MPPIConfig)
-    checked = {}
-    for key, value in overrides.items():
-        want = hints.get(key)
-        if want is None:
-            raise ConfigError(f"deploy: MPPI has no field '{key}'; its fields: {', '.join(hints)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
-            raise ConfigError(f"deploy: MPPI field {key} takes {want.__name__}, got {value!r}")
-        checked[key] = want(value)
-    try:
-        return dataclasses.replace(mppi, **checked)  # one construction: checks see all fields at once
-    except ValueError as e:  # MPPIConfig's own checks
-        raise ConfigError(f"deploy: bad MPPI setting {overrides}: {e}") from None
+    """The preset with these fields replaced, each checked against its type (one-line ConfigError)."""
+    return replace_checked(mppi, overrides, "deploy --mppi-set")
 
 
 def make_controller(cfg: DeployConfig, spec, *, model_dir: Path | None = None,
