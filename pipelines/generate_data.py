@@ -100,6 +100,9 @@ def generate_data(
         "label_timing": "reward[i] = r(s_i, a_i); value[i] = V(s_{i+1}) (0 if s_{i+1} is a failure)",
     }
     with Dataset.open_or_create(out, spec, extra=extra) as ds:
+        stored = ds.extra.get("generate")
+        if stored is not None and stored.get("robot") != cfg.robot:
+            raise DatasetError(f"{out}: dataset was generated for robot '{stored.get('robot')}', not '{cfg.robot}'")
         stored_env = ds.extra.get("env")
         if stored_env is not None and stored_env != extra["env"]:
             diff = sorted(k for k in set(stored_env) | set(extra["env"]) if stored_env.get(k) != extra["env"].get(k))
@@ -109,9 +112,6 @@ def generate_data(
 
 
 def _generate(cfg, snaps, env, spec, ds, out, show_progress, stop_after_appends) -> GenerateResult:
-    stored = ds.extra.get("generate")
-    if stored is not None and stored.get("robot") != cfg.robot:
-        raise DatasetError(f"{out}: dataset was generated for robot '{stored.get('robot')}', not '{cfg.robot}'")
     start_transitions = ds.n_transitions
     if start_transitions >= cfg.transitions:
         console.print(f"{out} already holds {ds.n_transitions:,} transitions (target {cfg.transitions:,})")

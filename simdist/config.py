@@ -33,6 +33,8 @@ def _convert(tp: Any, value: Any) -> Any:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v) for v in value)
+        if len(args) != len(value):
+            return tuple(value)  # wrong length: left for the caller's checks, never truncated
         return tuple(_convert(a, v) for a, v in zip(args, value))
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
@@ -98,11 +100,9 @@ def replace_checked(cfg: T, overrides: dict[str, Any], what: str) -> T:
     for key, value in overrides.items():
         if key not in names:
             raise ConfigError(f"{what}: no field '{key}'; its fields: {', '.join(names)}")
-        raw = tuple(value) if isinstance(value, list) else value
-        value = _convert(hints[key], raw)
-        truncated = isinstance(raw, tuple) and isinstance(value, tuple) and len(value) != len(raw)
-        if truncated or not _matches(hints[key], value):
-            raise ConfigError(f"{what}: field {key} takes {_type_name(hints[key])}, got {raw!r}")
+        value = _convert(hints[key], tuple(value) if isinstance(value, list) else value)
+        if not _matches(hints[key], value):
+            raise ConfigError(f"{what}: field {key} takes {_type_name(hints[key])}, got {value!r}")
         checked[key] = value
     try:
         return dataclasses.replace(cfg, **checked)
