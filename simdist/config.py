@@ -90,6 +90,15 @@ def _matches(tp: Any, value: Any) -> bool:
     return True  # Any and other annotations: not checked here
 
 
+def _checked(tp: Any, value: Any, label: str) -> Any:
+    """`value` converted to the annotated type `tp` (a JSON list becomes a tuple), or a one-line
+    ConfigError that starts with `label`."""
+    value = _convert(tp, tuple(value) if isinstance(value, list) else value)
+    if not _matches(tp, value):
+        raise ConfigError(f"{label} takes {_type_name(tp)}, got {value!r}")
+    return value
+
+
 def replace_checked(cfg: T, overrides: dict[str, Any], what: str) -> T:
     """`cfg` with these top-level fields replaced, each converted to and checked against its
     annotated type, in one `dataclasses.replace` (so the config's own checks see all of them at
@@ -100,10 +109,7 @@ def replace_checked(cfg: T, overrides: dict[str, Any], what: str) -> T:
     for key, value in overrides.items():
         if key not in names:
             raise ConfigError(f"{what}: no field '{key}'; its fields: {', '.join(names)}")
-        value = _convert(hints[key], tuple(value) if isinstance(value, list) else value)
-        if not _matches(hints[key], value):
-            raise ConfigError(f"{what}: field {key} takes {_type_name(hints[key])}, got {value!r}")
-        checked[key] = value
+        checked[key] = _checked(hints[key], value, f"{what}: field {key}")
     try:
         return dataclasses.replace(cfg, **checked)
     except (ConfigError, ValueError, TypeError) as e:
@@ -111,14 +117,21 @@ def replace_checked(cfg: T, overrides: dict[str, Any], what: str) -> T:
 
 
 def with_overrides(cfg: T, overrides: dict[str, Any], _prefix: str = "") -> T:
-    """Replace fields by dotted keys, e.g. {"ppo.num_iterations": 10}."""
+    """Replace fields by dotted keys, e.g. {"ppo.num_iterations": 10}. Each value is converted
+    to and checked against its field's annotated type; an unknown key, a wrong type or a value
+    the config's own checks reject is a one-line ConfigError."""
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if not dataclasses.is_dataclass(cfg) or head not in {f.name for f in dataclasses.fields(cfg)}:
             raise ConfigError(f"unknown config key '{_prefix}{key}'")
         if rest:
             value = with_overrides(getattr(cfg, head), {rest: value}, f"{_prefix}{head}.")
-        cfg = dataclasses.replace(cfg, **{head: value})
+        else:
+            value = _checked(typing.get_type_hints(type(cfg))[head], value, f"config key '{_prefix}{key}'")
+        try:
+            cfg = dataclasses.replace(cfg, **{head: value})
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"config key '{_prefix}{key}': {e}") from None
     return cfg
 
 

@@ -18,8 +18,9 @@ class CheckpointError(SimdistError):
     pass
 
 
-class ConfigError(SimdistError):
-    pass
+class ConfigError(SimdistError, ValueError):
+    """A bad config value: an unknown key, a wrong type, or a value the config rejects. Also a
+    ValueError, so code that validates values can raise it where a ValueError is expected."""
 
 
 class TrainingDivergedError(SimdistError):

@@ -152,6 +152,28 @@ def test_cli_errors_are_one_line(tiny_expert, tmp_path):
     _assert_one_line_error(_cli("eval-expert", "--expert", str(other), "--robot", "cartpole"), "not 'cartpole'")
     _assert_one_line_error(_cli("eval-expert", "--expert", str(out), "--robot", "quadruped"), "not 'quadruped'")
     _assert_one_line_error(_cli("deploy", "--robot", "cartpole"), "ships no pretrained world model")
+    # A --set value of the wrong type stops before anything is written.
+    _assert_one_line_error(_cli("train-expert", "--preset", "tiny", "--out", str(tmp_path / "typed"), "--set",
+                                "ppo.num_iterations=ten"), "config key 'ppo.num_iterations' takes int, got 'ten'")  # fmt: skip
+    assert not (tmp_path / "typed").exists()
+
+
+def test_set_overrides_are_converted_and_type_checked():
+    from simdist.pipelines.train_expert import make_config
+
+    cfg = make_config("quadruped", "tiny", seed=0, overrides={"ppo.num_iterations": 7, "env.slope_range_deg": 6,
+                                                              "env.friction_range": [0.3, 1]})  # fmt: skip
+    assert cfg.ppo.num_iterations == 7
+    assert cfg.env.slope_range_deg == 6.0 and isinstance(cfg.env.slope_range_deg, float)
+    assert cfg.env.friction_range == (0.3, 1.0)
+    for overrides, message in [
+        ({"ppo.num_iterations": 1.5}, "'ppo.num_iterations' takes int, got 1.5"),
+        ({"ppo.num_iterations": True}, "'ppo.num_iterations' takes int, got True"),
+        ({"env.friction_range": [0.1, 0.5, 0.9]}, r"'env.friction_range' takes tuple\[float, float\]"),
+        ({"env.nope": 1}, "unknown config key 'env.nope'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            make_config("quadruped", "tiny", seed=0, overrides=overrides)
 
 
 def test_cli_lists_stages_and_robots():

@@ -43,6 +43,7 @@ import numpy as np
 
 from simdist._mjx import mjx
 from simdist.envs.task import EnvConfig, RandomizedParam, Task
+from simdist.errors import ConfigError
 
 XML = Path(__file__).with_name("quadruped.xml")
 
@@ -212,7 +213,7 @@ def build_model(cfg: QuadrupedEnvConfig) -> mujoco.MjModel:
         g.friction = floor.friction
         g.rgba = [0.35, 0.4, 0.45, 1.0]
     elif cfg.terrain != "flat":
-        raise ValueError(f"unknown terrain '{cfg.terrain}'; terrains: flat, slope, rough")
+        raise ConfigError(f"unknown terrain '{cfg.terrain}'; terrains: flat, slope, rough")
     return spec.compile()
 
 
@@ -329,7 +330,7 @@ class QuadrupedTask(Task):
         self.floor_geom = int(m.geom("floor").id)
         self.random_slope = config.slope_range_deg > 0
         if self.random_slope and config.terrain != "flat":
-            raise ValueError(f"slope_range_deg needs terrain 'flat', not '{config.terrain}'")
+            raise ConfigError(f"slope_range_deg needs terrain 'flat', not '{config.terrain}'")
         self._nominal = {
             "trunk_mass": float(m.body_mass[TRUNK_BODY]),
             "trunk_ipos": np.array(m.body_ipos[TRUNK_BODY]),
