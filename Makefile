@@ -22,8 +22,12 @@ demo: $(STAMP)
 	$(BIN)/simdist robots
 	$(BIN)/simdist demo --robot cartpole --preset default --out runs/demo/cartpole
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): most of its time is single-threaded
+# tracing and XLA compilation, so two workers on a 2-core CPU take about 13 min, cold, against
+# about 19 min in one. `make test TEST_WORKERS=0` runs it in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cartpole.py
