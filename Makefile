@@ -24,10 +24,10 @@ demo: $(STAMP)
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist): most of its time is single-threaded
 # tracing and XLA compilation, so two workers on a 2-core CPU take about 13 min, cold, against
-# about 19 min in one. `make test TEST_WORKERS=0` runs it in this process.
+# about 19 min in one. `make test TEST_WORKERS=0` runs it in one process (xdist's `-n 0`).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cartpole.py

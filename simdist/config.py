@@ -112,7 +112,7 @@ def replace_checked(cfg: T, overrides: dict[str, Any], what: str) -> T:
         checked[key] = _checked(hints[key], value, f"{what}: field {key}")
     try:
         return dataclasses.replace(cfg, **checked)
-    except (ConfigError, ValueError, TypeError) as e:
+    except (ValueError, TypeError) as e:  # the config's own checks (a ConfigError is a ValueError)
         raise ConfigError(f"{what}: bad setting {overrides}: {e}") from None
 
 
