@@ -9,7 +9,7 @@ planner diagnostics of docs/quadruped.md ("Slippery slope").
         [--base default] [--gap slippery-slope ...] [--expert DIR] [--episodes 5] [--out FILE]
 
 A planner is NAME=key=value,key=value: fields of `MPPIConfig` replacing those of the
-`--base` preset (`NAME=` is the base preset unchanged). Every row is cached in the output
+`--base` preset (a tuple field takes colon-separated values: `prior_command_scales=1:2:3`) (`NAME=` is the base preset unchanged). Every row is cached in the output
 JSON as it finishes, so an interrupted sweep continues; delete the file to start over.
 
 `--expert-proposals` (with `--expert`) is a diagnostic, not a deployable planner: the first
@@ -85,7 +85,9 @@ def planner_config(base: mppi.MPPIConfig, spec: str) -> mppi.MPPIConfig:
         key, _, raw = item.partition("=")
         if key not in fields:
             raise SystemExit(f"unknown MPPI field '{key}'; fields: {', '.join(fields)}")
-        over[key] = type(getattr(base, key))(raw)
+        kind = type(getattr(base, key))
+        # A tuple field takes colon-separated values (the comma separates fields): 1:1.5:2.
+        over[key] = tuple(float(v) for v in raw.split(":")) if kind is tuple else kind(raw)
     return dataclasses.replace(base, **over)
 
 

@@ -371,3 +371,36 @@ def test_planner_with_colored_noise_still_solves_the_toy():
     np.testing.assert_allclose(action, a_star(z0), atol=0.1)
     with pytest.raises(ValueError, match="noise_beta"):
         MPPIConfig(noise_beta=-1.0)
+
+
+def test_execute_best_outputs_the_best_candidate_not_the_elite_mean():
+    kw = dict(horizon=4, samples=64, iterations=1, elites=16, temperature=0.1, prior_samples=0, discount=GAMMA)
+    z0, key = Z0S[2], jax.random.key(11)
+    a_best, s_best, d_best = planner(MPPIConfig(execute="best", **kw))(PARAMS, ctx_of(z0), NO_COMMAND, cold(MPPIConfig(**kw)), key)
+    a_mean, s_mean, d_mean = planner(MPPIConfig(**kw))(PARAMS, ctx_of(z0), NO_COMMAND, cold(MPPIConfig(**kw)), key)
+    # Same candidates (same key): the best one's return is best_return, and it is what is output.
+    assert float(d_best["best_return"]) == pytest.approx(float(d_mean["best_return"]), rel=1e-6)
+    assert np_return(s_best.mean, z0) == pytest.approx(float(d_best["best_return"]), rel=1e-4)
+    np.testing.assert_allclose(a_best, np.clip(s_best.mean[0], LO, HI))
+    assert np.linalg.norm(np.asarray(a_best) - np.asarray(a_mean)) > 1e-3  # the elite mean is another action
+    with pytest.raises(ValueError, match="execute"):
+        MPPIConfig(execute="median")
+
+
+def test_prior_command_scales_query_the_prior_with_scaled_commands():
+    # A prior that under-acts by half at its command: only the chunk queried with the command
+    # doubled is the LQR optimum. With no Gaussian samples and noise-free prior samples, the
+    # greedy planner outputs exactly the best chunk it was offered.
+    def half_prior(p, ctx, command):
+        return 0.5 * command[0] * _lqr_prior(p, ctx, command)
+
+    model, command = TOY._replace(prior=half_prior), jnp.ones((1,), jnp.float32)
+    kw = dict(horizon=4, samples=0, iterations=1, elites=1, temperature=1e6, prior_samples=4,
+              prior_noise_std=0.0, discount=GAMMA)
+    for scales, factor in [((1.0,), 0.5), ((1.0, 2.0), 1.0), ((0.5, 2.0, 1.0), 1.0)]:
+        cfg = MPPIConfig(prior_command_scales=scales, **kw)
+        for i, z0 in enumerate(Z0S):
+            action, _, _ = planner(cfg, model)(PARAMS, ctx_of(z0), command, cold(cfg), jax.random.key(i))
+            np.testing.assert_allclose(action, factor * a_star(z0), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="prior_command_scales"):
+        MPPIConfig(prior_command_scales=())

@@ -49,15 +49,18 @@ One call of :func:`plan`:
      :func:`colored_noise`, which also colours the prior samples' noise);
    - ``prior_samples`` sequences ``prior chunk + N(0, prior_noise_std²)`` clipped to the
      bounds (only when ``model.prior`` is not ``None`` and ``prior_samples > 0``); the prior
-     chunk is computed once per call and mixed into EVERY iteration.
+     chunk is computed once per call and mixed into EVERY iteration. With several
+     ``prior_command_scales`` the prior is queried once per scaled command and prior sample
+     ``i`` is drawn around chunk ``i mod len(scales)``.
 
    Returns that are not finite are replaced by ``-inf`` (never elites). The top ``elites``
    candidates by return get weights ``w ∝ exp(temperature * (R - R_max))`` ("temperature"
    multiplies the gap, so it is an inverse temperature: large = greedy). The new mean is the
    weighted elite mean, the new std the square root of the weighted elite variance, clipped
    to ``[min_std, max_std]``.
-3. **Output**: the first action of the final mean, clipped to the bounds; the new
-   :class:`PlanState` = final mean and std (NOT shifted: shifting happens in the next call's
+3. **Output**: the first action of the final mean, clipped to the bounds (with
+   ``execute="best"``: of the highest-return candidate of all iterations, which then also
+   replaces the mean in the new state); the new :class:`PlanState` = final mean and std (NOT shifted: shifting happens in the next call's
    warm start); diagnostics (scalars, from the last iteration unless stated):
    ``best_return``, ``mean_elite_return``, ``mean_std``, ``nonfinite_returns`` (count over all
    iterations) and ``finite`` (bool: the action and the new state are finite). The planner
@@ -126,6 +129,15 @@ class MPPIConfig:
     # ∝ 1/f^beta along the horizon, unit variance per step. 0 = white (the reference); iCEM uses
     # 2-3 for locomotion, so each sample is a smooth deviation rather than per-step jitter.
     noise_beta: float = 0.0
+    # What the call outputs and warm-starts from: "mean" (the weighted elite mean; the
+    # reference) or "best" (the highest-return candidate seen in any iteration, as iCEM
+    # executes). With dissimilar elites the mean can be a small action that none of them is.
+    execute: str = "mean"
+    # The prior chunk is also queried with the command scaled by each of these factors; prior
+    # sample i is drawn around chunk i mod len(scales). (1.0,) = the reference's one chunk.
+    # Above 1 the frozen prior proposes its own, more forceful gaits for the same command, and
+    # the model judges which of them makes the commanded progress on this robot.
+    prior_command_scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self):
         if self.horizon < 1 or self.iterations < 1 or self.samples < 0 or self.prior_samples < 0:
@@ -143,6 +155,10 @@ class MPPIConfig:
             raise ValueError(f"value_weight must be >= 0, got {self.value_weight}")
         if self.noise_beta < 0:
             raise ValueError(f"noise_beta must be >= 0, got {self.noise_beta}")
+        if len(self.prior_command_scales) < 1 or not all(np.isfinite(self.prior_command_scales)):
+            raise ValueError(f"prior_command_scales must be one or more finite factors, got {self.prior_command_scales}")
+        if self.execute not in ("mean", "best"):
+            raise ValueError(f"execute must be 'mean' or 'best', got {self.execute!r}")
 
 
 # tiny/default fit the 50 Hz (20 ms) budget with margin on a 2-core CPU. With the cartpole's
@@ -300,10 +316,13 @@ def plan(
 
     z0 = model.z0(ctx)
     use_prior = model.prior is not None and cfg.prior_samples > 0
-    prior_chunk = fit_chunk(model.prior(params, ctx, command), t) if use_prior else None
+    if use_prior:
+        chunks = jnp.stack([fit_chunk(model.prior(params, ctx, command * jnp.float32(c)), t)
+                            for c in cfg.prior_command_scales])  # [S, T, A]
+        prior_chunk = chunks[jnp.arange(cfg.prior_samples) % len(cfg.prior_command_scales)]  # [P, T, A]
 
     def body(i, carry):
-        mean, std, _, _, bad = carry
+        mean, std, _, _, bad, top_ret, top_plan = carry
         k_gauss, k_prior = jax.random.split(jax.random.fold_in(key, i))
         gauss = mean + std * colored_noise(k_gauss, cfg.noise_beta, (cfg.samples, t, a))
         cands = [mean[None], jnp.clip(gauss, lo, hi)]
@@ -318,10 +337,17 @@ def plan(
             actions, ret, cfg.elites, cfg.temperature, cfg.min_std, cfg.max_std
         )
         bad = bad + jnp.sum(~finite).astype(jnp.int32)
-        return new_mean, new_std, elite_ret[0], jnp.mean(elite_ret), bad
+        i_best = jnp.argmax(ret)
+        better = ret[i_best] > top_ret
+        top_plan = jnp.where(better, actions[i_best], top_plan)
+        top_ret = jnp.where(better, ret[i_best], top_ret)
+        return new_mean, new_std, elite_ret[0], jnp.mean(elite_ret), bad, top_ret, top_plan
 
-    init = (start_mean, start_std, jnp.float32(-jnp.inf), jnp.float32(-jnp.inf), jnp.int32(0))
-    mean, std, best, elite_mean, bad = jax.lax.fori_loop(0, cfg.iterations, body, init)
+    init = (start_mean, start_std, jnp.float32(-jnp.inf), jnp.float32(-jnp.inf), jnp.int32(0),
+            jnp.float32(-jnp.inf), start_mean)
+    mean, std, best, elite_mean, bad, _, top_plan = jax.lax.fori_loop(0, cfg.iterations, body, init)
+    if cfg.execute == "best":
+        mean = top_plan  # output and warm-start from the best candidate (start_mean if none was finite)
 
     action = jnp.clip(mean[0], lo, hi)
     diag = {
