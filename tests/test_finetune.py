@@ -136,16 +136,19 @@ def test_residual_starts_as_the_zero_shot_model(finetuned, parent_dir, real_data
                      "r": m.reward(z[:, 0], b["act"][:, 0], z[:, 1]), "v": m.value(z[:, 3])})
     for k in outs[0]:
         np.testing.assert_array_equal(np.asarray(outs[0][k]), np.asarray(outs[1][k]), err_msg=k)
-    # The pipeline's step-0 held-out metric of the residual run is the parent's, exactly.
+    # The pipeline's step-0 held-out metric of the residual run is the parent's. The eager
+    # outputs above are bit-identical; the jitted metric is compiled once per model structure,
+    # and XLA may fuse the residual model's program differently, so allow round-off.
     r = finetuned["residual"].metrics
-    assert r["latent_error_per_step_before"] == finetuned["dynamics"].metrics["latent_error_per_step_before"]
+    np.testing.assert_allclose(r["latent_error_per_step_before"],
+                               finetuned["dynamics"].metrics["latent_error_per_step_before"], rtol=1e-6)
     from simdist.pipelines.finetune import split_real_data
 
     data = split_real_data(ds, parent.cfg.history, parent.cfg.horizon, heldout_fraction=0.2)
     ref = latent_report(parent, eval_windows(data.heldout, 1024))
-    assert r["latent_error_before"] == ref["latent_error_mean"]
+    assert r["latent_error_before"] == pytest.approx(ref["latent_error_mean"], rel=1e-6)
     hist = [json.loads(x) for x in (finetuned["residual"].out / "history.jsonl").read_text().splitlines()]
-    assert hist[0]["step"] == 0 and hist[0]["heldout_latent"] == ref["latent_error_mean"]
+    assert hist[0]["step"] == 0 and hist[0]["heldout_latent"] == pytest.approx(ref["latent_error_mean"], rel=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["dynamics", "residual"])
@@ -225,7 +228,8 @@ def test_output_is_a_model_directory_and_max_transitions_limits_the_data(finetun
     assert used["train_windows"] < all_["train_windows"]
     # The held-out episodes do not depend on the amount of training data.
     assert used["heldout_windows"] == all_["heldout_windows"]
-    assert part.metrics["latent_error_before"] == full.metrics["latent_error_before"]
+    # `full` is the residual run: the same windows, scored by another compiled program (see above).
+    assert part.metrics["latent_error_before"] == pytest.approx(full.metrics["latent_error_before"], rel=1e-6)
     assert load_model(part.out)[1]["real_data_used"]["transitions"] == 600
 
 
