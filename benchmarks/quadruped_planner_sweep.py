@@ -9,8 +9,9 @@ planner diagnostics of docs/quadruped.md ("Slippery slope").
         [--base default] [--gap slippery-slope ...] [--expert DIR] [--episodes 5] [--out FILE]
 
 A planner is NAME=key=value,key=value: fields of `MPPIConfig` replacing those of the
-`--base` preset (a tuple field takes colon-separated values: `prior_command_scales=1:2:3`) (`NAME=` is the base preset unchanged). Every row is cached in the output
-JSON as it finishes, so an interrupted sweep continues; delete the file to start over.
+`--base` preset (`NAME=` is the base preset unchanged; a tuple field takes colon-separated
+values, `prior_command_scales=1:2:3`). Every row is cached in the output JSON as it finishes,
+so an interrupted sweep continues; delete the file to start over.
 
 `--expert-proposals` (with `--expert`) is a diagnostic, not a deployable planner: the first
 action of the policy prior's chunk, around which MPPI draws its prior samples, is replaced by

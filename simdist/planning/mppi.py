@@ -60,8 +60,8 @@ One call of :func:`plan`:
    to ``[min_std, max_std]``.
 3. **Output**: the first action of the final mean, clipped to the bounds (with
    ``execute="best"``: of the highest-return candidate of all iterations, which then also
-   replaces the mean in the new state); the new :class:`PlanState` = final mean and std (NOT shifted: shifting happens in the next call's
-   warm start); diagnostics (scalars, from the last iteration unless stated):
+   replaces the mean in the new state); the new :class:`PlanState` = final mean and std
+   (NOT shifted: shifting happens in the next call's warm start); diagnostics (scalars, from the last iteration unless stated):
    ``best_return``, ``mean_elite_return``, ``mean_std``, ``nonfinite_returns`` (count over all
    iterations) and ``finite`` (bool: the action and the new state are finite). The planner
    never raises inside jit; the deploy loop must check ``finite`` and stop the robot.
@@ -316,10 +316,13 @@ def plan(
 
     z0 = model.z0(ctx)
     use_prior = model.prior is not None and cfg.prior_samples > 0
-    if use_prior:
-        chunks = jnp.stack([fit_chunk(model.prior(params, ctx, command * jnp.float32(c)), t)
-                            for c in cfg.prior_command_scales])  # [S, T, A]
-        prior_chunk = chunks[jnp.arange(cfg.prior_samples) % len(cfg.prior_command_scales)]  # [P, T, A]
+    scales = cfg.prior_command_scales
+    if use_prior and scales == (1.0,):
+        prior_chunk = fit_chunk(model.prior(params, ctx, command), t)  # [T, A], broadcast over samples
+    elif use_prior:
+        chunks = jnp.stack([fit_chunk(model.prior(params, ctx, command * jnp.float32(c)), t) for c in scales])
+        prior_chunk = chunks[jnp.arange(cfg.prior_samples) % len(scales)]  # [P, T, A]
+    track_best = cfg.execute == "best"  # static: the default loop carries no best candidate
 
     def body(i, carry):
         mean, std, _, _, bad, top_ret, top_plan = carry
@@ -337,16 +340,17 @@ def plan(
             actions, ret, cfg.elites, cfg.temperature, cfg.min_std, cfg.max_std
         )
         bad = bad + jnp.sum(~finite).astype(jnp.int32)
-        i_best = jnp.argmax(ret)
-        better = ret[i_best] > top_ret
-        top_plan = jnp.where(better, actions[i_best], top_plan)
-        top_ret = jnp.where(better, ret[i_best], top_ret)
+        if track_best:
+            i_best = jnp.argmax(ret)
+            better = ret[i_best] > top_ret
+            top_plan = jnp.where(better, actions[i_best], top_plan)
+            top_ret = jnp.where(better, ret[i_best], top_ret)
         return new_mean, new_std, elite_ret[0], jnp.mean(elite_ret), bad, top_ret, top_plan
 
     init = (start_mean, start_std, jnp.float32(-jnp.inf), jnp.float32(-jnp.inf), jnp.int32(0),
             jnp.float32(-jnp.inf), start_mean)
     mean, std, best, elite_mean, bad, _, top_plan = jax.lax.fori_loop(0, cfg.iterations, body, init)
-    if cfg.execute == "best":
+    if track_best:
         mean = top_plan  # output and warm-start from the best candidate (start_mean if none was finite)
 
     action = jnp.clip(mean[0], lo, hi)
