@@ -5,15 +5,25 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench clean quadruped-artifacts quadruped-adaptation
+.PHONY: setup lock demo test bench clean quadruped-artifacts quadruped-adaptation
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package to the versions the suite and the demo were last run
+# with, so a fresh clone installs the same numerics (a newer mujoco or jax changes rollouts
+# and the demo's table). `make lock` rewrites it from .venv after a deliberate upgrade.
+LOCK := requirements.lock
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+lock: $(STAMP)
+	@{ echo "# Exact versions that make test and make demo were last run with (python 3.11, linux x86_64)."; \
+	   echo "# make setup installs with pip -c (constraints); regenerate with make lock after an upgrade."; \
+	   $(BIN)/python -m pip freeze --exclude-editable; } > $(LOCK)
+	@touch $(STAMP)
 
 # The main job on the default robot, end to end: expert, dataset, world model, zero-shot
 # deploy on the "real" cartpole, finetuning in both modes, deploy again; one table and a plot.
