@@ -1,0 +1,157 @@
+"""A diagnostic bound: MPPI with the world model's frozen encoder and heads, but the REAL
+robot's own dynamics. Not a deployable planner: it reads the simulator's state.
+
+Every candidate action sequence is rolled out from the sim-real robot's exact current state
+in a copy of its physics (`mujoco.rollout`, 2 threads), the resulting observations are encoded
+by the frozen encoder, and the frozen reward and value heads score them, exactly as MPPI
+scores a model's predicted latents. Everything else (search, prior samples, keys) is the
+default planner's. Its forward progress bounds what ANY finetuned latent dynamics could give
+this planner, proposals and objective: if it does not climb, no dynamics finetune will.
+
+    python benchmarks/quadruped_true_dynamics_planner.py [--model DIR] [--gap slippery-slope] \\
+        [--episodes 5] [--seed 1000] [--mppi-set key=value,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from flax import nnx
+from mujoco import rollout
+
+from simdist.backends import make_backend
+from simdist.config import write_json
+from simdist.models.io import load_model
+from simdist.pipelines import deploy as dep
+from simdist.planning import mppi
+from simdist.planning.controller import PlannerController, _floats, _host_state
+from simdist.robots import get_robot
+from simdist.robots.quadruped import task as qt
+
+SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
+
+
+class TrueRollout:
+    """Observations of candidate action sequences on the real robot's own physics."""
+
+    def __init__(self, backend, threads: int = 2):
+        self.b = backend
+        self.m = backend._model
+        self.datas = [mujoco.MjData(self.m) for _ in range(threads)]
+        self.nsub = backend.n_substeps
+        self.nq, self.nv = self.m.nq, self.m.nv
+        self.lo, self.hi = self.m.actuator_ctrlrange[:, 0], self.m.actuator_ctrlrange[:, 1]
+        terrain = backend._adapter._terrain
+        command = jnp.asarray(backend._adapter.command(), jnp.float32)
+
+        def obs_one(qpos, qvel, t, last_action):
+            p = qt.proprio(qpos, qvel, t, last_action, command, jnp)
+            return jnp.concatenate([p, qt.height_scan(terrain, qpos, jnp)]).astype(jnp.float32)
+
+        self.obs_fn = jax.jit(jax.vmap(obs_one))
+        self.state = np.zeros(mujoco.mj_stateSize(self.m, SPEC))
+
+    def capture(self) -> None:
+        mujoco.mj_getState(self.m, self.b._data, self.state, SPEC)
+
+    def __call__(self, actions: np.ndarray) -> np.ndarray:
+        n, t, a = actions.shape
+        act = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
+        target = np.clip(qt.DEFAULT_POSE + qt.ACTION_SCALE * act, self.lo, self.hi)
+        ctrl = np.repeat(target, self.nsub, axis=1)
+        states, _ = rollout.rollout(self.m, self.datas, self.state[None], ctrl, persistent_pool=True)
+        s = states[:, self.nsub - 1 :: self.nsub].reshape(n * t, -1)  # the state after each control step
+        qpos, qvel = s[:, 1 : 1 + self.nq], s[:, 1 + self.nq : 1 + self.nq + self.nv]
+        obs = self.obs_fn(qpos, qvel, s[:, 0], act.reshape(n * t, a))
+        return np.asarray(obs, np.float32).reshape(n, t, -1)
+
+
+class TrueDynamicsPlanner(PlannerController):
+    name = "planner+true-dynamics"
+
+    def __init__(self, planner: PlannerController, roll: TrueRollout):
+        super().__init__(planner.model, planner.mppi, planner.action_low, planner.action_high,
+                         warm_start=planner.warm_start)
+        self._key = planner._key  # the same per-step keys as the plain planner
+        self.roll = roll
+        graphdef = nnx.split(self.model)[0]
+        obs_size = self.obs_size
+
+        def dynamics(params, ctx, actions):
+            n, t, _ = actions.shape
+            obs = jax.pure_callback(roll, jax.ShapeDtypeStruct((n, t, obs_size), jnp.float32), actions)
+            return nnx.merge(graphdef, params).encode(obs)
+
+        plan_model = self.plan_model._replace(dynamics=dynamics)
+        cfg, lo, hi, warm = self.mppi, self.action_low, self.action_high, self.warm_start
+
+        def control_step(params, hist_obs, hist_act, obs, command, prev, key):
+            ctx = nnx.merge(graphdef, params).context(hist_obs, hist_act, obs)
+            return mppi.plan(cfg, plan_model, params, ctx, command, prev, key, lo, hi, warm_start=warm)
+
+        self._true_fn = jax.jit(control_step)
+
+    def warmup(self, obs_size, command_size):
+        pass  # compiled on the first step (it needs a robot state to roll out from)
+
+    def _plan(self, hist_obs, hist_act, obs, command, state, key):
+        self.roll.capture()
+        action, new_state, diag = jax.device_get(
+            self._true_fn(self.params, hist_obs, hist_act, obs, command, state, key))
+        return np.asarray(action, np.float32), _host_state(new_state), _floats(diag)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=Path("robots/quadruped/pretrained/model"))
+    ap.add_argument("--gap", default="slippery-slope")
+    ap.add_argument("--episodes", type=int, default=5)
+    ap.add_argument("--episode-length", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--mppi-set", default="", help="key=value,... over the default MPPI preset")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quadruped_true_dynamics_planner.json"))
+    args = ap.parse_args()
+    robot = get_robot("quadruped")
+    cfg = dep.DeployConfig(robot="quadruped", gap=args.gap, seed=args.seed)
+    over = dict(kv.split("=", 1) for kv in filter(None, args.mppi_set.split(",")))
+    mcfg = mppi.PRESETS["default"]
+    mcfg = mppi.MPPIConfig(**{**mcfg.__dict__, **{k: type(getattr(mcfg, k))(v) for k, v in over.items()}})
+    model, _ = load_model(args.model)
+    rows = []
+    with make_backend("sim-real", robot, gap=args.gap, seed=args.seed) as backend:
+        spec = backend.spec
+        lo, hi = np.asarray(spec.action_low), np.asarray(spec.action_high)
+        base = PlannerController(model, mcfg, lo, hi, seed=args.seed)
+        ctl = TrueDynamicsPlanner(base, TrueRollout(backend))
+        probe = backend.probe()
+        for ep in range(args.episodes):
+            t0 = time.perf_counter()
+            obs = backend.reset(seed=dep.episode_seed(args.seed, ep))
+            ctl.reset(obs, backend.command())
+            steps = 0
+            while steps < args.episode_length and not backend.done():
+                a, _ = ctl.act(obs, backend.command())
+                obs = backend.step(np.clip(np.asarray(a, np.float64), lo, hi))
+                steps += 1
+            m = probe.episode_metrics()
+            rows.append({"progress_m": m["forward_progress_m"], "fell": bool(backend.done() and steps < args.episode_length),
+                         "steps": steps, "return": probe.episode_return, "wall_s": time.perf_counter() - t0})
+            print(f"episode {ep}: {m['forward_progress_m']:+.2f} m, {steps} steps, fell {rows[-1]['fell']}, "
+                  f"{rows[-1]['wall_s']:.0f} s", flush=True)
+    p = np.array([r["progress_m"] for r in rows])
+    falls = sum(r["fell"] for r in rows)
+    print(f"true-dynamics planner, {args.gap}, {args.model}: {p.mean():+.2f} ± {p.std():.2f} m, falls {falls}/{len(rows)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, {"model": str(args.model), "gap": args.gap, "seed": args.seed, "mppi": mcfg.__dict__,
+                          "progress_m": [float(p.mean()), float(p.std())], "falls": falls, "episodes": rows})
+
+
+if __name__ == "__main__":
+    main()
