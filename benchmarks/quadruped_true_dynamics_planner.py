@@ -9,13 +9,13 @@ default planner's. Its forward progress bounds what ANY finetuned latent dynamic
 this planner, proposals and objective: if it does not climb, no dynamics finetune will.
 
     python benchmarks/quadruped_true_dynamics_planner.py [--model DIR] [--gap slippery-slope] \\
-        [--episodes 5] [--seed 1000] [--mppi-set key=value,...]
+        [--episodes 5] [--seed 1000] [--mppi-set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,8 +27,9 @@ from flax import nnx
 from mujoco import rollout
 
 from simdist.backends import make_backend
+from simdist.cli.main import _parse_set
 from simdist.config import write_json
-from simdist.models.io import load_model
+from simdist.errors import SimdistError
 from simdist.pipelines import deploy as dep
 from simdist.planning import mppi
 from simdist.planning.controller import PlannerController, _floats, _host_state
@@ -115,20 +116,18 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=5)
     ap.add_argument("--episode-length", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1000)
-    ap.add_argument("--mppi-set", default="", help="key=value,... over the default MPPI preset")
+    ap.add_argument("--mppi-set", action="append", default=[], help="KEY=VALUE over the default MPPI preset (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quadruped_true_dynamics_planner.json"))
     args = ap.parse_args()
-    robot = get_robot("quadruped")
-    cfg = dep.DeployConfig(robot="quadruped", gap=args.gap, seed=args.seed)
-    over = dict(kv.split("=", 1) for kv in filter(None, args.mppi_set.split(",")))
-    mcfg = mppi.PRESETS["default"]
-    mcfg = mppi.MPPIConfig(**{**mcfg.__dict__, **{k: type(getattr(mcfg, k))(v) for k, v in over.items()}})
-    model, _ = load_model(args.model)
+    # The deploy command's own preset lookup, checked overrides and model checks.
+    cfg = dep.DeployConfig(robot="quadruped", gap=args.gap, seed=args.seed,
+                           mppi_overrides=tuple(_parse_set(args.mppi_set, "--mppi-set").items()))
     rows = []
-    with make_backend("sim-real", robot, gap=args.gap, seed=args.seed) as backend:
+    with make_backend("sim-real", get_robot("quadruped"), gap=args.gap, seed=args.seed) as backend:
         spec = backend.spec
         lo, hi = np.asarray(spec.action_low), np.asarray(spec.action_high)
-        base = PlannerController(model, mcfg, lo, hi, seed=args.seed)
+        base = dep.make_controller(cfg, spec, model_dir=args.model)
+        mcfg = base.mppi
         ctl = TrueDynamicsPlanner(base, TrueRollout(backend))
         probe = backend.probe()
         for ep in range(args.episodes):
@@ -149,9 +148,12 @@ def main() -> None:
     falls = sum(r["fell"] for r in rows)
     print(f"true-dynamics planner, {args.gap}, {args.model}: {p.mean():+.2f} ± {p.std():.2f} m, falls {falls}/{len(rows)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {"model": str(args.model), "gap": args.gap, "seed": args.seed, "mppi": mcfg.__dict__,
+    write_json(args.out, {"model": str(args.model), "gap": args.gap, "seed": args.seed, "mppi": dataclasses.asdict(mcfg),
                           "progress_m": [float(p.mean()), float(p.std())], "falls": falls, "episodes": rows})
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SimdistError as e:
+        raise SystemExit(f"error: {e}") from None
