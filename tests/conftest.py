@@ -1,8 +1,13 @@
-"""Shared fixtures. The tiny cartpole expert is trained once per test session."""
+"""Shared fixtures. The tiny cartpole expert, its dataset and its world model are built once per
+test run: under pytest-xdist the first worker that needs one builds it under a file lock in the
+run's shared temporary directory, and the other workers load it from there."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
+import shutil
 from pathlib import Path
 
 import jax
@@ -29,26 +34,60 @@ def cartpole_env(cartpole_robot):
     return MjxEnv(cartpole_robot.make_task(cfg.env))
 
 
+def _built_once(tmp_path_factory, name: str, build):
+    """``build(directory)`` once per test run; its (picklable) result is shared by xdist workers.
+
+    Without xdist it simply builds in a fresh temporary directory.
+    With it, the workers' temporary directories share a parent; the first worker to get the
+    lock builds there and pickles the result (atomically, after the build), the others wait
+    for the lock and unpickle it. Tests must treat these artifacts as read-only (copy first).
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / "shared-fixtures"
+    root.mkdir(exist_ok=True)
+    done = root / f"{name}.pkl"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        shutil.rmtree(root / name, ignore_errors=True)  # what a worker's failed build left
+        (root / name).mkdir()
+        result = build(root / name)
+        tmp = root / f"{name}.pkl.tmp"
+        tmp.write_bytes(pickle.dumps(result))
+        tmp.replace(done)
+        return result
+
+
 @pytest.fixture(scope="session")
 def tiny_expert(tmp_path_factory):
     """A tiny-preset cartpole expert run: (TrainResult, run directory)."""
-    from simdist.pipelines.train_expert import make_config, train_expert
 
-    out = tmp_path_factory.mktemp("expert") / "cartpole"
-    cfg = make_config("cartpole", "tiny", seed=0)
-    result = train_expert(cfg, out, show_progress=False)
-    return result, out
+    def build(d: Path):
+        from simdist.pipelines.train_expert import make_config, train_expert
+
+        out = d / "cartpole"
+        result = train_expert(make_config("cartpole", "tiny", seed=0), out, show_progress=False)
+        return result, out
+
+    return _built_once(tmp_path_factory, "expert", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_expert, tmp_path_factory):
     """A tiny-preset Stage 2 dataset generated from the tiny expert: (Dataset, GenerateConfig)."""
     from simdist.data.dataset import Dataset
-    from simdist.pipelines.generate_data import generate_data, make_config
 
-    out = tmp_path_factory.mktemp("data") / "cartpole"
-    cfg = make_config("cartpole", "tiny", seed=0)
-    generate_data(cfg, tiny_expert[1], out, show_progress=False)
+    def build(d: Path):
+        from simdist.pipelines.generate_data import generate_data, make_config
+
+        out = d / "cartpole"
+        cfg = make_config("cartpole", "tiny", seed=0)
+        generate_data(cfg, tiny_expert[1], out, show_progress=False)
+        return out, cfg
+
+    out, cfg = _built_once(tmp_path_factory, "data", build)
     return Dataset.open(out), cfg
 
 
@@ -58,13 +97,14 @@ def tiny_model(tiny_dataset, tmp_path_factory):
 
     `result.out` is a model directory (model.json + weights/) that deploy and finetune accept.
     """
-    from simdist.pipelines.distill import distill, make_config
 
-    ds, _ = tiny_dataset
-    cfg = make_config("cartpole", "tiny", seed=0)
-    out = tmp_path_factory.mktemp("distill") / "model"
-    result = distill(cfg, ds.path, out, show_progress=False)
-    return cfg, result
+    def build(d: Path):
+        from simdist.pipelines.distill import distill, make_config
+
+        cfg = make_config("cartpole", "tiny", seed=0)
+        return cfg, distill(cfg, tiny_dataset[0].path, d / "model", show_progress=False)
+
+    return _built_once(tmp_path_factory, "distill", build)
 
 
 def array_fields(model) -> dict:
