@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=5)
     ap.add_argument("--episode-length", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--first-episode", type=int, default=0, help="start at this episode of the seed's sequence")
     ap.add_argument("--mppi-set", action="append", default=[], help="KEY=VALUE over the default MPPI preset (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quadruped_true_dynamics_planner.json"))
     args = ap.parse_args()
@@ -130,7 +131,7 @@ def main() -> None:
         mcfg = base.mppi
         ctl = TrueDynamicsPlanner(base, TrueRollout(backend))
         probe = backend.probe()
-        for ep in range(args.episodes):
+        for ep in range(args.first_episode, args.first_episode + args.episodes):
             t0 = time.perf_counter()
             obs = backend.reset(seed=dep.episode_seed(args.seed, ep))
             ctl.reset(obs, backend.command())
@@ -148,7 +149,7 @@ def main() -> None:
     falls = sum(r["fell"] for r in rows)
     print(f"true-dynamics planner, {args.gap}, {args.model}: {p.mean():+.2f} ± {p.std():.2f} m, falls {falls}/{len(rows)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, {"model": str(args.model), "gap": args.gap, "seed": args.seed, "mppi": dataclasses.asdict(mcfg),
+    write_json(args.out, {"model": str(args.model), "gap": args.gap, "seed": args.seed, "first_episode": args.first_episode, "mppi": dataclasses.asdict(mcfg),
                           "progress_m": [float(p.mean()), float(p.std())], "falls": falls, "episodes": rows})
 
 
