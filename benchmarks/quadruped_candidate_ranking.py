@@ -52,24 +52,37 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def scorer(ctl):
-    """jitted (hist_obs, hist_act, obs, command, actions[N,T,A], true_obs[N,T,O]) ->
-    (model returns [N], true-dynamics returns [N], prior chunk [T,A])."""
+def scorers(ctl):
+    """Jitted functions of one model, all ``(hist_obs, hist_act, obs, command, ...)``:
+    ``model_returns(..., actions[N,T,A]) -> [N]`` (its own dynamics), ``true_returns(...,
+    actions, true_obs[N,T,O]) -> [N]`` (the true observations, encoded) and ``prior_chunk(...)
+    -> [T,A]``. Finetuning freezes the encoder and heads, so true returns are the same for
+    every judge and are computed with the driver's."""
     cfg, pm, params = ctl.mppi, ctl.plan_model, ctl.params
     graphdef = nnx.split(ctl.model)[0]
 
-    def fn(params, hist_obs, hist_act, obs, command, actions, true_obs):
+    def context(params, hist_obs, hist_act, obs):
         model = nnx.merge(graphdef, params)
-        ctx = model.context(hist_obs, hist_act, obs)
-        z0 = pm.z0(ctx)
-        r_model = mppi._returns(cfg, pm, params, ctx, command, z0, actions)
-        true_pm = pm._replace(dynamics=lambda p, c, a: model.encode(true_obs))
-        r_true = mppi._returns(cfg, true_pm, params, ctx, command, z0, actions)
-        chunk = mppi.fit_chunk(pm.prior(params, ctx, command), cfg.horizon)
-        return r_model, r_true, chunk
+        return model, model.context(hist_obs, hist_act, obs)
 
-    f = jax.jit(fn)
-    return lambda *a: jax.device_get(f(params, *a))
+    def model_returns(params, hist_obs, hist_act, obs, command, actions):
+        _, ctx = context(params, hist_obs, hist_act, obs)
+        return mppi._returns(cfg, pm, params, ctx, command, pm.z0(ctx), actions)
+
+    def true_returns(params, hist_obs, hist_act, obs, command, actions, true_obs):
+        model, ctx = context(params, hist_obs, hist_act, obs)
+        true_pm = pm._replace(dynamics=lambda p, c, a: model.encode(true_obs))
+        return mppi._returns(cfg, true_pm, params, ctx, command, pm.z0(ctx), actions)
+
+    def prior_chunk(params, hist_obs, hist_act, obs, command):
+        _, ctx = context(params, hist_obs, hist_act, obs)
+        return mppi.fit_chunk(pm.prior(params, ctx, command), cfg.horizon)
+
+    def bind(f):
+        jf = jax.jit(f)
+        return lambda *a: np.asarray(jax.device_get(jf(params, *a)))
+
+    return bind(model_returns), bind(true_returns), bind(prior_chunk)
 
 
 def main() -> None:
@@ -95,7 +108,8 @@ def main() -> None:
         lo, hi = np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32)
         ctls = {n: dep.make_controller(cfg, spec, model_dir=Path(d)) for n, d in models.items()}
         driver = ctls[next(iter(models))]
-        scorers = {n: scorer(c) for n, c in ctls.items()}
+        judges = {n: scorers(c)[0] for n, c in ctls.items()}
+        _, true_returns, prior_chunk = scorers(driver)
         roll = TrueRollout(backend)
         t_cfg = driver.mppi
         probe = backend.probe()
@@ -111,8 +125,7 @@ def main() -> None:
                     o = np.asarray(obs, np.float32)
                     c = np.asarray(backend.command(), np.float32)
                     warm = np.asarray(mppi.shift_plan(driver.state.mean)) if steps else np.zeros((t_cfg.horizon, lo.size), np.float32)
-                    _, _, chunk = scorers[next(iter(models))](hist_obs, hist_act, o, c, np.zeros((1, t_cfg.horizon, lo.size), np.float32),
-                                                             np.zeros((1, t_cfg.horizon, o.size), np.float32))
+                    chunk = prior_chunk(hist_obs, hist_act, o, c)
                     fams, cands = [], []
                     for fam, (n, std) in FAMILIES.items():
                         centre = warm if fam == "gauss" else chunk
@@ -123,13 +136,12 @@ def main() -> None:
                         fams += [fam] * n
                     acts = np.concatenate(cands).astype(np.float32)
                     fams = np.array(fams)
-                    true_obs = roll(acts)
-                    scores = {n: s(hist_obs, hist_act, o, c, acts, true_obs) for n, s in scorers.items()}
-                    r_true = np.asarray(scores[next(iter(models))][1])  # the heads and encoder are shared
+                    r_true = true_returns(hist_obs, hist_act, o, c, acts, roll(acts))
                     top_true = np.argsort(-r_true)[:ELITES]
-                    for n, (r_model, r_true_n, _) in scores.items():
-                        r_model = np.asarray(r_model)
-                        assert np.allclose(r_true_n, r_true, atol=1e-4), "judges must share the frozen encoder and heads"
+                    for fam in FAMILIES:
+                        stats.setdefault("true", {}).setdefault(f"elite_share_{fam}", []).append(float(np.mean(fams[top_true] == fam)))
+                    for n, judge in judges.items():
+                        r_model = judge(hist_obs, hist_act, o, c, acts)
                         top = np.argsort(-r_model)[:ELITES]
                         s = stats[n]
                         s.setdefault("spearman_all", []).append(spearman(r_model, r_true))
@@ -151,7 +163,6 @@ def main() -> None:
                         s.setdefault("regret_random", []).append(float(r_true[top_true].mean() - r_true.mean()))
                         for fam in FAMILIES:
                             s.setdefault(f"elite_share_{fam}", []).append(float(np.mean(fams[top] == fam)))
-                            stats.setdefault("true", {}).setdefault(f"elite_share_{fam}", []).append(float(np.mean(fams[top_true] == fam)))
                 a, _ = driver.act(obs, backend.command())
                 obs = backend.step(np.clip(np.asarray(a, np.float64), lo, hi))
                 steps += 1
