@@ -387,6 +387,31 @@ def test_execute_best_outputs_the_best_candidate_not_the_elite_mean():
         MPPIConfig(execute="median")
 
 
+def test_prior_rollout_proposes_the_models_closed_loop_chunk():
+    # The open-loop prior proposes nothing (zeros); the closed-loop rollout proposes the LQR
+    # chunk. With noise-free prior samples and no Gaussian samples, the greedy planner outputs
+    # the LQR action only when it asks for the rollout.
+    def zero_prior(p, ctx, command):
+        return jnp.zeros((12, 2), jnp.float32)
+
+    def rollout(p, ctx, command, steps):
+        return _lqr_prior(p, ctx, command)[:steps]
+
+    model, cmd = TOY._replace(prior=zero_prior, prior_rollout=rollout), jnp.ones((1,), jnp.float32)
+    kw = dict(horizon=4, samples=0, iterations=1, elites=1, temperature=1e6, prior_samples=4,
+              prior_noise_std=0.0, discount=GAMMA)
+    for flag, want in [(False, lambda z0: np.zeros(2)), (True, a_star)]:
+        cfg = MPPIConfig(prior_rollout=flag, **kw)
+        for i, z0 in enumerate(Z0S):
+            action, _, _ = planner(cfg, model)(PARAMS, ctx_of(z0), cmd, cold(cfg), jax.random.key(i))
+            np.testing.assert_allclose(action, want(z0), rtol=1e-4, atol=1e-4)
+    cfg = MPPIConfig(prior_rollout=True, **kw)
+    with pytest.raises(ValueError, match="prior_rollout"):
+        planner(cfg, TOY_PRIOR)(PARAMS, ctx_of(Z0S[0]), cmd, cold(cfg), jax.random.key(0))
+    with pytest.raises(ValueError, match="prior_rollout"):
+        MPPIConfig(prior_rollout=True, prior_command_scales=(1.0, 2.0))
+
+
 def test_prior_command_scales_query_the_prior_with_scaled_commands():
     # A prior that under-acts by half at its command: only the chunk queried with the command
     # doubled is the LQR optimum. With no Gaussian samples and noise-free prior samples, the

@@ -362,6 +362,40 @@ def test_prior_context_makes_the_prior_read_the_history():
         tiny_config("mlp", prior_context=True)
 
 
+@pytest.mark.parametrize("dynamics", ["transformer", "mlp"])
+def test_prior_rollout_follows_the_dynamics(dynamics):
+    """prior_rollout: a_0 is the open-loop chunk's first action; a_1 is the prior's first
+    action at the latent the dynamics predicts after a_0, with the history window shifted by
+    (z0, a_0) as at the next real step. Changing only the dynamics parameters changes a_1..
+    and leaves a_0 alone: the proposal follows the model, which is what finetuning changes."""
+    m = WorldModel(tiny_config(dynamics, command_size=2, prior_context=dynamics == "transformer"), rngs=nnx.Rngs(3))
+    b = random_batch(np.random.default_rng(4), m.cfg, 1)
+    cmd = b["command"][0, 0]
+
+    def outputs(m):
+        ctx = m.context(b["hist_obs"][0], b["hist_act"][0], b["obs"][0, 0])
+        roll = m.prior_rollout(ctx, cmd, 4)
+        z1 = m.dynamics(ctx, roll[:1])[-1]
+        ctx1 = {"z0": z1}
+        if dynamics == "transformer":
+            z_hist = jnp.concatenate([ctx["z_hist"][1:], ctx["z0"][None]])
+            a_hist = jnp.concatenate([ctx["a_hist"][1:], m.norm.normalize("action", roll[:1])])
+            ctx1["memory"] = m.context_net(z_hist, a_hist, z1)
+        return roll, m.prior(ctx, cmd)[0], m.prior(ctx1, cmd)[0]
+
+    roll, open0, by_hand1 = outputs(m)
+    assert roll.shape == (4, ACT)
+    np.testing.assert_allclose(roll[0], open0, atol=1e-6)
+    np.testing.assert_allclose(roll[1], by_hand1, atol=1e-5)
+    m2 = nnx.merge(*nnx.split(m))
+    nnx.update(m2, jax.tree.map(lambda x: x + 0.2, nnx.state(m2, DYNAMICS)))
+    roll2 = outputs(m2)[0]
+    np.testing.assert_array_equal(roll2[0], roll[0])
+    assert np.abs(np.asarray(roll2[1:]) - np.asarray(roll[1:])).max() > 1e-4
+    with pytest.raises(ConfigError, match="prior_rollout"):
+        m.prior_rollout(m.context(b["hist_obs"][0], b["hist_act"][0], b["obs"][0, 0]), cmd, T + 1)
+
+
 def test_r2_score_and_evaluate_batch():
     t = jnp.arange(10.0)
     assert float(r2_score(t, t)) == 1.0

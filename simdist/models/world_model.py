@@ -432,8 +432,10 @@ class WorldModel(nnx.Module):
         z0 = self.encoder(obs_n)
         if self.cfg.dynamics != "transformer":
             return {"z0": z0}
-        memory = self.context_net(self.encoder(hist_obs_n), hist_act_n, z0)
-        return {"z0": z0, "memory": memory}
+        z_hist = self.encoder(hist_obs_n)
+        memory = self.context_net(z_hist, hist_act_n, z0)
+        # The encoded history is kept so that `prior_rollout` can shift it in imagination.
+        return {"z0": z0, "memory": memory, "z_hist": z_hist, "a_hist": hist_act_n}
 
     def _dynamics_n(self, ctx, a_n: jax.Array) -> jax.Array:
         t = a_n.shape[-2]
@@ -502,6 +504,35 @@ class WorldModel(nnx.Module):
         z0 = ctx["z0"]
         c0 = self._command_n(_first_command(command, z0.ndim), z0.shape[:-1], None)
         return self.norm.denormalize("action", self._prior_n(ctx, c0))
+
+    def prior_rollout(self, ctx, command=None, steps: int | None = None) -> jax.Array:
+        """The policy prior rolled closed-loop through the dynamics: ``actions[..., steps, A]``.
+
+        a_0 is the prior's first action at z0; a_k is its first action at the latent the
+        dynamics predicts after a_0 .. a_{k-1}, with the history window shifted by the
+        imagined (latent, action) pairs as it would be at real step t + k. So the
+        proposal follows what the dynamics expects to happen (TD-MPC2's policy trajectories),
+        where `prior` is the open-loop chunk read at z0 only.
+        """
+        steps = self.cfg.horizon if steps is None else int(steps)
+        if not 1 <= steps <= self.cfg.horizon:
+            raise ConfigError(f"prior_rollout needs 1 <= steps <= {self.cfg.horizon}, got {steps}")
+        z = ctx["z0"]
+        c0 = self._command_n(_first_command(command, z.ndim), z.shape[:-1], None)
+        now = dict(ctx)  # the prior's input at imagined step k
+        acts: list[jax.Array] = []
+        for k in range(steps):
+            a_k = self._prior_n(now, c0)[..., 0, :]
+            acts.append(a_k)
+            if k + 1 == steps:
+                break
+            z_next = self._dynamics_n(ctx, jnp.stack(acts, axis=-2))[..., -1, :]
+            if "memory" in now:  # shift (z_k, a_k) into the history window, as at the next real step
+                z_hist = jnp.concatenate([now["z_hist"][..., 1:, :], z[..., None, :]], axis=-2)
+                a_hist = jnp.concatenate([now["a_hist"][..., 1:, :], a_k[..., None, :]], axis=-2)
+                now = {**now, "z_hist": z_hist, "a_hist": a_hist, "memory": self.context_net(z_hist, a_hist, z_next)}
+            now["z0"] = z = z_next
+        return self.norm.denormalize("action", jnp.stack(acts, axis=-2))
 
     def predict(self, ctx, actions: jax.Array, command=None) -> dict[str, jax.Array]:
         a_n = self.norm.normalize("action", actions)

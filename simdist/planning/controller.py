@@ -99,7 +99,10 @@ def world_model_plan_model(model) -> tuple[PlanModel, Any]:
     def prior(params, ctx, command):  # -> [horizon, A]
         return merged(params).prior(ctx, command)
 
-    return PlanModel(dynamics, reward, value, prior, lambda ctx: ctx["z0"]), state
+    def prior_rollout(params, ctx, command, steps):  # -> [steps, A]
+        return merged(params).prior_rollout(ctx, command, steps)
+
+    return PlanModel(dynamics, reward, value, prior, lambda ctx: ctx["z0"], prior_rollout), state
 
 
 def _host_state(state: PlanState) -> PlanState:

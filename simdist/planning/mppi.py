@@ -105,6 +105,9 @@ class PlanModel(NamedTuple):
     value: Callable[..., jax.Array]  # (params, z[N,Z], command) -> v[N]
     prior: Callable[..., jax.Array] | None  # (params, ctx, command) -> chunk[Tp,A], or None
     z0: Callable[..., jax.Array]  # (ctx) -> z[Z]
+    # (params, ctx, command, steps) -> actions[steps,A]: the prior rolled closed-loop through the
+    # dynamics; only needed for MPPIConfig.prior_rollout.
+    prior_rollout: Callable[..., jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +141,11 @@ class MPPIConfig:
     # Above 1 the frozen prior proposes its own, more forceful gaits for the same command, and
     # the model judges which of them makes the commanded progress on this robot.
     prior_command_scales: tuple[float, ...] = (1.0,)
+    # True: the prior's proposal is rolled closed-loop through the model (a_k = the prior's first
+    # action at the predicted latent after a_0..a_{k-1}; TD-MPC2's policy trajectories) instead
+    # of the open-loop chunk read at z0. Then the proposals themselves follow the dynamics, so a
+    # finetuned model changes what is proposed, not only how it is ranked.
+    prior_rollout: bool = False
 
     def __post_init__(self):
         if self.horizon < 1 or self.iterations < 1 or self.samples < 0 or self.prior_samples < 0:
@@ -157,6 +165,8 @@ class MPPIConfig:
             raise ValueError(f"noise_beta must be >= 0, got {self.noise_beta}")
         if len(self.prior_command_scales) < 1 or not all(np.isfinite(self.prior_command_scales)):
             raise ValueError(f"prior_command_scales must be one or more finite factors, got {self.prior_command_scales}")
+        if self.prior_rollout and self.prior_command_scales != (1.0,):
+            raise ValueError("prior_rollout takes the one command: leave prior_command_scales at (1.0,)")
         if self.execute not in ("mean", "best"):
             raise ValueError(f"execute must be 'mean' or 'best', got {self.execute!r}")
 
@@ -317,7 +327,11 @@ def plan(
     z0 = model.z0(ctx)
     use_prior = model.prior is not None and cfg.prior_samples > 0
     scales = cfg.prior_command_scales
-    if use_prior and scales == (1.0,):
+    if use_prior and cfg.prior_rollout:
+        if model.prior_rollout is None:
+            raise ValueError("prior_rollout=True needs a model with a prior_rollout function")
+        prior_chunk = fit_chunk(model.prior_rollout(params, ctx, command, t), t)  # [T, A]
+    elif use_prior and scales == (1.0,):
         prior_chunk = fit_chunk(model.prior(params, ctx, command), t)  # [T, A], broadcast over samples
     elif use_prior:
         chunks = jnp.stack([fit_chunk(model.prior(params, ctx, command * jnp.float32(c)), t) for c in scales])
