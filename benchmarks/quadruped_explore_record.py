@@ -52,7 +52,7 @@ class NoiseBursts(Controller):
         if self._phase():
             a = np.clip(a + self.std * self.rng.standard_normal(a.shape).astype(np.float32),
                         self.p.action_low, self.p.action_high)
-            self.p._hist_act[-1] = a  # the history the planner reads holds the executed action
+            self.p.set_executed_action(a)  # the history the planner reads holds the executed action
         return a, d
 
     def describe(self):

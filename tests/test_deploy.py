@@ -127,8 +127,13 @@ def test_history_is_first_obs_padding_then_the_transitions_before_t(planner):
         a, diag = planner.act(observations[k], NO_CMD)
         assert a.shape == (1,) and np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0)
         assert diag["finite"] == 1.0 and all(isinstance(v, float) for v in diag.values())
+        if k == 2:  # a wrapper perturbed this action: the history holds the executed one
+            a = np.array([0.25], np.float32)
+            planner.set_executed_action(a)
         acted.append((observations[k], a))
     planner.reset(observations[1], NO_CMD)  # a new episode forgets the old history
+    with pytest.raises(PlannerError, match="act"):
+        planner.set_executed_action(np.zeros(1))
     hist_obs, hist_act = planner.history
     np.testing.assert_array_equal(hist_obs, np.repeat(observations[1][None], h, 0))
     np.testing.assert_array_equal(hist_act, np.zeros((h, 1)))

@@ -220,6 +220,19 @@ class PlannerController(Controller):
         self.last_diag = d
         return action, d
 
+    def set_executed_action(self, action) -> None:
+        """Replace the action of the last `act` in the history with the one the robot executed.
+
+        For a wrapper that perturbs the planner's action (exploration noise while recording):
+        the next steps' context then holds what the robot really did, as the recorded data does.
+        """
+        if self.step == 0:
+            raise PlannerError("set_executed_action needs an act() in this episode first")
+        a = np.asarray(action, np.float32).reshape(-1)
+        if a.size != self.action_size or not np.all(np.isfinite(a)):
+            raise PlannerError(f"executed action must be {self.action_size} finite values, got {a.size}")
+        self._hist_act[-1] = a
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "mppi": dataclasses.asdict(self.mppi), "warm_start": self.warm_start}
 
