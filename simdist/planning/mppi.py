@@ -22,6 +22,9 @@ Shapes (``N`` candidate sequences, ``T`` = ``cfg.horizon``, ``A`` actions, ``Z``
     step. It is truncated to ``T`` steps, or padded by repeating its last action.
 ``z0(ctx) -> z[Z]``
     The current latent stored inside the encoded context.
+``prior_rollout(params, ctx, command[C], T) -> actions[T,A]``  or ``None`` (optional)
+    The prior rolled closed-loop through the dynamics; used instead of ``prior`` when
+    ``cfg.prior_rollout`` is set.
 
 Return of a candidate (discount ``γ``)::
 
@@ -51,7 +54,8 @@ One call of :func:`plan`:
      bounds (only when ``model.prior`` is not ``None`` and ``prior_samples > 0``); the prior
      chunk is computed once per call and mixed into EVERY iteration. With several
      ``prior_command_scales`` the prior is queried once per scaled command and prior sample
-     ``i`` is drawn around chunk ``i mod len(scales)``.
+     ``i`` is drawn around chunk ``i mod len(scales)``. With ``prior_rollout`` the chunk is
+     ``model.prior_rollout``'s closed-loop sequence instead.
 
    Returns that are not finite are replaced by ``-inf`` (never elites). The top ``elites``
    candidates by return get weights ``w ∝ exp(temperature * (R - R_max))`` ("temperature"
