@@ -255,6 +255,8 @@ def deploy_cmd(
     episode_length: Optional[int] = typer.Option(None, "--episode-length", help="Control steps per episode."),
     seed: int = SeedOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report here: the "
+                                            "config and, per episode, steps, return, metrics and latency."),
 ) -> None:
     """Run the MPPI planner (or the expert) online against a robot, and record real data.
 
@@ -301,6 +303,16 @@ def deploy_cmd(
     typer.echo(f"controller latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; missed deadlines {res.missed_deadlines}")
     if record is not None:
         typer.echo(f"recorded {res.recorded_transitions:,} steps to {record}")
+    if json_out is not None:
+        import dataclasses
+
+        from simdist.config import write_json
+
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        report = {"config": dataclasses.asdict(cfg), "model": None if model is None else str(model),
+                  "expert": None if expert is None else str(expert), **res.to_dict()}
+        write_json(json_out, report)
+        typer.echo(f"report written to {json_out}")
 
 
 @app.command("export")

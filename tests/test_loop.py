@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -50,6 +51,16 @@ def test_cli_unknown_gap_key_is_one_line(tiny_expert, tmp_path):
         assert r.returncode == 2, (r.stdout, r.stderr)
         lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+    # --json writes the per-episode report that the printed summary comes from.
+    out = tmp_path / "reports" / "deploy.json"
+    r = _cli("deploy", "--robot", "cartpole", "--expert", str(expert), "--episodes", "2", "--episode-length", "30",
+             "--seed", "3", "--no-progress", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert rep["config"]["seed"] == 3 and rep["config"]["episodes"] == 2 and rep["expert"] == str(expert)
+    assert [e["steps"] for e in rep["episodes"]] == rep["steps"] and len(rep["steps"]) == 2
+    for e in rep["episodes"]:
+        assert f"episode {e['episode'] + 1:3d}: return {e['ground_truth_return']:8.2f}  ({e['steps']} steps)" in r.stdout
     # And `simdist robots` lists the cartpole's named gaps with their keys.
     r = _cli("robots")
     assert r.returncode == 0 and "default" in r.stdout and "pole_mass" in r.stdout
