@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from simdist import atomic
 from simdist.errors import ConfigError
 
 T = TypeVar("T")
@@ -136,11 +137,8 @@ def with_overrides(cfg: T, overrides: dict[str, Any], _prefix: str = "") -> T:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    """Write JSON atomically (see `simdist.atomic`)."""
+    atomic.write_json(Path(path), obj)
 
 
 def read_json(path: Path) -> Any:

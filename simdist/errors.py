@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 
+def short_reason(e: BaseException, limit: int = 200, with_type: bool = True) -> str:
+    """One line of an exception, for embedding in a one-line error message: whitespace folded,
+    cut at `limit` characters, prefixed by the exception's type unless `with_type` is False."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(e).__name__}: {text}" if with_type else text
+
+
 class SimdistError(Exception):
     """A user-facing error: bad input, a missing or mismatched artifact, a diverged run.
 
