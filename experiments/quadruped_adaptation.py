@@ -4,7 +4,7 @@ that data, and deployed again. Reports forward progress (m), velocity tracking e
 return and planner latency, as mean ± std over episodes. Reproduces the tables of
 docs/quadruped.md.
 
-    python benchmarks/quadruped_adaptation.py [--model DIR] [--expert DIR] [--gap slippery-slope]
+    python -m experiments.quadruped_adaptation [--model DIR] [--expert DIR] [--gap slippery-slope]
         [--episodes 10] [--record-episodes 20] [--episode-length 500] [--rounds 3] [--residual]
         [--out DIR]
 

@@ -18,7 +18,7 @@ Spearman rank correlation with the true returns (all candidates, and within each
 overlap of its top-16 (MPPI's elites) with the true top-16, and the regret: the true return of
 the true top-16 minus the true return of the judge's top-16 (mean over the elites).
 
-    python benchmarks/quadruped_candidate_ranking.py --model zero-shot=robots/quadruped/pretrained/model \\
+    python -m experiments.quadruped_candidate_ranking --model zero-shot=robots/quadruped/pretrained/model \\
         --model finetuned=DIR [--gap slippery-slope] [--episodes 2] [--every 5] [--seed 1000]
 """
 
@@ -41,7 +41,7 @@ from simdist.pipelines import deploy as dep
 from simdist.planning import mppi
 from simdist.robots import get_robot
 
-from quadruped_true_dynamics_planner import TrueRollout  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from experiments._common import TrueRollout
 
 ELITES = 16
 FAMILIES = {"prior": (16, 0.05), "prior+0.3": (16, 0.3), "gauss": (33, 2.0)}
@@ -67,12 +67,12 @@ def scorers(ctl):
 
     def model_returns(params, hist_obs, hist_act, obs, command, actions):
         _, ctx = context(params, hist_obs, hist_act, obs)
-        return mppi._returns(cfg, pm, params, ctx, command, pm.z0(ctx), actions)
+        return mppi.candidate_returns(cfg, pm, params, ctx, command, pm.z0(ctx), actions)
 
     def true_returns(params, hist_obs, hist_act, obs, command, actions, true_obs):
         model, ctx = context(params, hist_obs, hist_act, obs)
         true_pm = pm._replace(dynamics=lambda p, c, a: model.encode(true_obs))
-        return mppi._returns(cfg, true_pm, params, ctx, command, pm.z0(ctx), actions)
+        return mppi.candidate_returns(cfg, true_pm, params, ctx, command, pm.z0(ctx), actions)
 
     def prior_chunk(params, hist_obs, hist_act, obs, command):
         _, ctx = context(params, hist_obs, hist_act, obs)
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--mppi-set", action="append", default=[], help="KEY=VALUE over the default MPPI preset, for the "
                     "driver and the judges' return (repeatable)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quadruped_candidate_ranking.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/quadruped_candidate_ranking.json"))
     args = ap.parse_args()
     models = dict(m.split("=", 1) for m in args.model)
     cfg = dep.DeployConfig(robot="quadruped", gap=args.gap, seed=args.seed,

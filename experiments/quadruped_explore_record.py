@@ -1,10 +1,10 @@
 """Record real data with exploration: the default planner, with contiguous action-noise bursts
 added to what it executes (as Stage 2 perturbs its sim rollouts), so that the finetuning data
 covers the effect of actions away from the policy prior's gait, which MPPI's candidates also
-are. An experiment of docs/quadruped.md (session 21), through `pipelines.deploy` with a
+are. An experiment of docs/notes/quadruped-slope-investigation.md (2026-12-06, commit 77e6797), through `pipelines.deploy` with a
 wrapped controller: the robot interface, the recorder and the reports are deploy's own.
 
-    python benchmarks/quadruped_explore_record.py --record DIR [--std 0.3] [--noisy 5,20] \\
+    python -m experiments.quadruped_explore_record --record DIR [--std 0.3] [--noisy 5,20] \\
         [--clean 10,50] [--episodes 60] [--seed 3000] [--max-steps 29900]
 """
 
@@ -41,7 +41,7 @@ class NoiseBursts(Controller):
     def reset(self, obs, command):
         self.p.reset(obs, command)
         # Each episode opens with a NOISY phase whose length is drawn from the clean range; the
-        # runs measured in docs/quadruped.md (session 21) recorded with exactly this schedule.
+        # runs measured on 2026-12-06 (commit 77e6797) recorded with exactly this schedule.
         self._in_burst, self._left = True, int(self.rng.integers(self.clean[0], self.clean[1] + 1))
 
     def warmup(self, obs_size, command_size):

@@ -7,8 +7,8 @@ matches what its own frozen heads say about the TRUE next observations (the head
 enc(o_{t+1..t+T}): the return a perfect latent dynamics model would predict), and how both
 follow the real forward velocity. Needs no rewards: the real dataset has none.
 
-    python benchmarks/quadruped_model_judgement.py --real-data runs/s20/real_def \\
-        --model zs=robots/quadruped/pretrained/model --model ft=runs/s20/ft_def [--horizon 10]
+    python -m experiments.quadruped_model_judgement --real-data REAL_DATA \\
+        --model zs=robots/quadruped/pretrained/model --model ft=FINETUNED_MODEL [--horizon 10]
 
 Per model: held-out latent MSE over the T steps; RMSE and bias of the predicted T-step
 return against the heads-on-true-encodings return; their correlation across windows; the
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="NAME=DIR (repeatable)")
     ap.add_argument("--horizon", type=int, default=10, help="T: the planner's horizon (default MPPI: 10)")
     ap.add_argument("--discount", type=float, default=0.99)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quadruped_model_judgement.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/quadruped_model_judgement.json"))
     args = ap.parse_args()
     models = dict(m.split("=", 1) for m in args.model) or {"zero-shot": "robots/quadruped/pretrained/model"}
     t = args.horizon

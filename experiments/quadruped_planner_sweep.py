@@ -3,8 +3,8 @@ per (gap, model, MPPI setting), plus the expert policy per gap with `--expert`. 
 forward progress, falls and planner latency as mean ± std over episodes. Reproduces the
 planner diagnostics of docs/quadruped.md ("Slippery slope").
 
-    python benchmarks/quadruped_planner_sweep.py \\
-        --model zero-shot=robots/quadruped/pretrained/model --model round3=runs/qa/finetuned_3 \\
+    python -m experiments.quadruped_planner_sweep \\
+        --model zero-shot=robots/quadruped/pretrained/model --model finetuned=DIR \\
         --planner default= --planner t8=temperature=8 --planner std03=init_std=0.3 \\
         [--base default] [--gap slippery-slope ...] [--expert DIR] [--episodes 5] [--out FILE]
 

@@ -2,7 +2,7 @@
 and distance on a fixed forward command, per snapshot. Reproduces the expert table of
 docs/quadruped.md. The library version is `simdist eval-expert` (`simdist.rl.evaluate`).
 
-    python benchmarks/quadruped_tracking.py RUN_DIR [--episodes 10] [--vx 0.5] [--last 3] [--seed 7]
+    python -m experiments.quadruped_tracking RUN_DIR [--episodes 10] [--vx 0.5] [--last 3] [--seed 7]
         [--flat]      (--flat: ground without the training's randomised incline)
 """
 

@@ -8,7 +8,7 @@ scores a model's predicted latents. Everything else (search, prior samples, keys
 default planner's. Its forward progress bounds what ANY finetuned latent dynamics could give
 this planner, proposals and objective: if it does not climb, no dynamics finetune will.
 
-    python benchmarks/quadruped_true_dynamics_planner.py [--model DIR] [--gap slippery-slope] \\
+    python -m experiments.quadruped_true_dynamics_planner [--model DIR] [--gap slippery-slope] \\
         [--episodes 5] [--seed 1000] [--mppi-set KEY=VALUE ...]
 """
 
@@ -21,10 +21,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import mujoco
 import numpy as np
 from flax import nnx
-from mujoco import rollout
 
 from simdist.backends import make_backend
 from simdist.cli.main import _parse_set
@@ -34,44 +32,8 @@ from simdist.pipelines import deploy as dep
 from simdist.planning import mppi
 from simdist.planning.controller import PlannerController, _floats, _host_state
 from simdist.robots import get_robot
-from simdist.robots.quadruped import task as qt
 
-SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
-
-
-class TrueRollout:
-    """Observations of candidate action sequences on the real robot's own physics."""
-
-    def __init__(self, backend, threads: int = 2):
-        self.b = backend
-        self.m = backend._model
-        self.datas = [mujoco.MjData(self.m) for _ in range(threads)]
-        self.nsub = backend.n_substeps
-        self.nq, self.nv = self.m.nq, self.m.nv
-        self.lo, self.hi = self.m.actuator_ctrlrange[:, 0], self.m.actuator_ctrlrange[:, 1]
-        terrain = backend._adapter._terrain
-        command = jnp.asarray(backend._adapter.command(), jnp.float32)
-
-        def obs_one(qpos, qvel, t, last_action):
-            p = qt.proprio(qpos, qvel, t, last_action, command, jnp)
-            return jnp.concatenate([p, qt.height_scan(terrain, qpos, jnp)]).astype(jnp.float32)
-
-        self.obs_fn = jax.jit(jax.vmap(obs_one))
-        self.state = np.zeros(mujoco.mj_stateSize(self.m, SPEC))
-
-    def capture(self) -> None:
-        mujoco.mj_getState(self.m, self.b._data, self.state, SPEC)
-
-    def __call__(self, actions: np.ndarray) -> np.ndarray:
-        n, t, a = actions.shape
-        act = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
-        target = np.clip(qt.DEFAULT_POSE + qt.ACTION_SCALE * act, self.lo, self.hi)
-        ctrl = np.repeat(target, self.nsub, axis=1)
-        states, _ = rollout.rollout(self.m, self.datas, self.state[None], ctrl, persistent_pool=True)
-        s = states[:, self.nsub - 1 :: self.nsub].reshape(n * t, -1)  # the state after each control step
-        qpos, qvel = s[:, 1 : 1 + self.nq], s[:, 1 + self.nq : 1 + self.nq + self.nv]
-        obs = self.obs_fn(qpos, qvel, s[:, 0], act.reshape(n * t, a))
-        return np.asarray(obs, np.float32).reshape(n, t, -1)
+from experiments._common import TrueRollout
 
 
 class TrueDynamicsPlanner(PlannerController):
@@ -118,7 +80,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--first-episode", type=int, default=0, help="start at this episode of the seed's sequence")
     ap.add_argument("--mppi-set", action="append", default=[], help="KEY=VALUE over the default MPPI preset (repeatable)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quadruped_true_dynamics_planner.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/quadruped_true_dynamics_planner.json"))
     args = ap.parse_args()
     # The deploy command's own preset lookup, checked overrides and model checks.
     cfg = dep.DeployConfig(robot="quadruped", gap=args.gap, seed=args.seed,

@@ -3,8 +3,8 @@ dataset with a world model and bins the upright steps by measured base vx: the m
 value head v̂(z_t) and of the reward head r̂(z_t, a_t, z_{t+1}) per bin, and their correlation
 with vx. Reproduces the value table of docs/quadruped.md ("Why finetuning buys fewer falls").
 
-    python benchmarks/quadruped_value_vs_speed.py --model robots/quadruped/pretrained/model \\
-        --real-data runs/s14/real_ctx [--out runs/quadruped_value_vs_speed.json]
+    python -m experiments.quadruped_value_vs_speed --model robots/quadruped/pretrained/model \\
+        --real-data REAL_DATA [--out runs/quadruped_value_vs_speed.json]
 
 The reward and value use the command recorded with each step (the deploy command).
 """

@@ -2,8 +2,7 @@
 shorter-discount Monte Carlo return, to distill a world model whose value head sees speed.
 Used for the "speed-aware value" rows of docs/quadruped.md ("Slippery slope").
 
-    python benchmarks/relabel_value_discount.py --data runs/quadruped/data-mixed \\
-        --out runs/quadruped/data-v95 --discount 0.95
+    python -m experiments.relabel_value_discount --data DATA --out NEW_DATA --discount 0.95
 
 The label keeps the dataset's timing (value[i] belongs to s_{i+1}):
 value[i] = Σ_k g^k reward[i+1+k] within the episode. After a failure the tail is 0. After a
