@@ -53,9 +53,9 @@ quadruped-artifacts: $(STAMP)
 	$(BIN)/simdist distill --robot quadruped --preset default --seed 0 --data $(Q)/data --out $(Q)/model
 	$(BIN)/simdist export --robot quadruped --expert $(Q)/expert --model $(Q)/model --out robots/quadruped/pretrained --overwrite
 
-# The slippery-slope experiment of docs/quadruped.md on the shipped artifacts (~20 min).
+# The slippery-slope experiment of experiments/README.md on the shipped artifacts (~20 min).
 quadruped-adaptation: $(STAMP)
-	$(BIN)/python benchmarks/quadruped_adaptation.py --gap slippery-slope --rounds 3 --residual --out $(Q)/adaptation
+	$(BIN)/python -m experiments.quadruped_adaptation --gap slippery-slope --rounds 3 --residual --out $(Q)/adaptation
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
