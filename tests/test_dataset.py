@@ -149,9 +149,16 @@ def test_round_trip_fields_episodes_attrs_and_stats(tmp_path):
     assert info["terminated_share"] == pytest.approx(terminated.mean())
     assert sum(v["episodes"] for v in info["policy_counts"].values()) == 12
     assert sum(v["transitions"] for v in info["policy_counts"].values()) == ds2.n_transitions
-    assert info["size_bytes"] > 0 and info["schema_version"] == 1
+    assert info["size_bytes"] > 0 and info["schema_version"] == 2 and info["checksums"] is True
+    assert info["verified_chunks"] is None
     text = format_info(info)
     assert "cartpole" in text and f"{ds2.n_transitions:,}" in text and "obs" in text and "\n" in text
+    assert "chunks not verified" in text
+    # chunk_steps=64: obs/action/command/reward/value/expert/noisy chunks plus the episode-table chunks
+    n_chunks = len(spec.fields()) * -(-ds2.n_transitions // 64) + -(-12 // 64)
+    verified = ds2.info(verify=True)
+    assert verified["verified_chunks"] == n_chunks == ds2.verify()
+    assert f"all {n_chunks:,} chunks read: crc32c checksums match" in format_info(verified)
 
 
 # ---------------------------------------------------------------------------------------------
