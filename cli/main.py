@@ -187,11 +187,15 @@ app.add_typer(data_app, name="data")
 
 
 @data_app.command("info")
-def data_info_cmd(path: Path = typer.Argument(..., help="A simdist dataset (generate-data or deploy --record).")) -> None:
-    """Size, episodes, fields, sources and normalisation statistics of a dataset."""
+def data_info_cmd(
+    path: Path = typer.Argument(..., help="A simdist dataset (generate-data or deploy --record)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Read every chunk once to check its "
+                                "checksum and that none is missing (--no-verify: metadata only, instant)."),
+) -> None:
+    """Size, episodes, fields, sources and normalisation statistics of a dataset; verifies every chunk."""
     from simdist.data.dataset import Dataset, format_info
 
-    typer.echo(format_info(Dataset.open(path).info()))
+    typer.echo(format_info(Dataset.open(path).info(verify=verify)))
 
 
 @app.command("finetune")
