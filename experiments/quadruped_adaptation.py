@@ -2,7 +2,7 @@
 planner zero-shot on a "real" robot with a reality gap (recording real data), finetuned on
 that data, and deployed again. Reports forward progress (m), velocity tracking error, falls,
 return and planner latency, as mean ± std over episodes. Reproduces the tables of
-docs/quadruped.md.
+docs/results/quadruped.md and docs/notes/quadruped-slope-investigation.md.
 
     python -m experiments.quadruped_adaptation [--model DIR] [--expert DIR] [--gap slippery-slope]
         [--episodes 10] [--record-episodes 20] [--episode-length 500] [--rounds 3] [--residual]

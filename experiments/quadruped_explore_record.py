@@ -1,8 +1,9 @@
 """Record real data with exploration: the default planner, with contiguous action-noise bursts
 added to what it executes (as Stage 2 perturbs its sim rollouts), so that the finetuning data
 covers the effect of actions away from the policy prior's gait, which MPPI's candidates also
-are. An experiment of docs/notes/quadruped-slope-investigation.md (2026-12-06, commit 77e6797), through `pipelines.deploy` with a
-wrapped controller: the robot interface, the recorder and the reports are deploy's own.
+are. An experiment of docs/notes/quadruped-slope-investigation.md (2026-12-06, commit
+77e6797), through `pipelines.deploy` with a wrapped controller: the robot interface, the
+recorder and the reports are deploy's own.
 
     python -m experiments.quadruped_explore_record --record DIR [--std 0.3] [--noisy 5,20] \\
         [--clean 10,50] [--episodes 60] [--seed 3000] [--max-steps 29900]

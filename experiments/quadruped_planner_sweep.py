@@ -1,7 +1,7 @@
 """Planner settings against world models (and gaps) on the quadruped's "real" robot: one row
 per (gap, model, MPPI setting), plus the expert policy per gap with `--expert`. Reports
 forward progress, falls and planner latency as mean ± std over episodes. Reproduces the
-planner diagnostics of docs/quadruped.md ("Slippery slope").
+planner diagnostics of docs/notes/quadruped-slope-investigation.md.
 
     python -m experiments.quadruped_planner_sweep \\
         --model zero-shot=robots/quadruped/pretrained/model --model finetuned=DIR \\

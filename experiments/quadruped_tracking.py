@@ -1,6 +1,6 @@
 """Velocity tracking of a quadruped expert in MJX: forward-velocity mean absolute error, falls
 and distance on a fixed forward command, per snapshot. Reproduces the expert table of
-docs/quadruped.md. The library version is `simdist eval-expert` (`simdist.rl.evaluate`).
+docs/results/quadruped.md. The library version is `simdist eval-expert` (`simdist.rl.evaluate`).
 
     python -m experiments.quadruped_tracking RUN_DIR [--episodes 10] [--vx 0.5] [--last 3] [--seed 7]
         [--flat]      (--flat: ground without the training's randomised incline)

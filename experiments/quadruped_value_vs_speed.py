@@ -1,7 +1,7 @@
 """Does the world model's planning objective see forward speed? Encodes every step of a real-data
 dataset with a world model and bins the upright steps by measured base vx: the mean of the
 value head v̂(z_t) and of the reward head r̂(z_t, a_t, z_{t+1}) per bin, and their correlation
-with vx. Reproduces the value table of docs/quadruped.md ("Why finetuning buys fewer falls").
+with vx. Reproduces the value table of docs/notes/quadruped-slope-investigation.md (2026-12-01).
 
     python -m experiments.quadruped_value_vs_speed --model robots/quadruped/pretrained/model \\
         --real-data REAL_DATA [--out runs/quadruped_value_vs_speed.json]

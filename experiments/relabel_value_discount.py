@@ -1,6 +1,6 @@
 """An experiment, not a pipeline stage: copy a Stage 2 dataset with its value label replaced by a
 shorter-discount Monte Carlo return, to distill a world model whose value head sees speed.
-Used for the "speed-aware value" rows of docs/quadruped.md ("Slippery slope").
+Used for the "speed-aware value" rows of docs/notes/quadruped-slope-investigation.md (2026-12-01).
 
     python -m experiments.relabel_value_discount --data DATA --out NEW_DATA --discount 0.95
 
