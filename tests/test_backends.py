@@ -309,7 +309,7 @@ def test_numpy_observation_and_reward_match_the_task(plain_env):
     deps, rs = mjx_obs_reward(f32(qpos), f32(qvel), f32(action))
     b = _backend("none")
     try:
-        adapter, model = b._adapter, b.probe().model
+        adapter, model = b.adapter, b.probe().model
         data = mujoco.MjData(model)
         for i in range(len(qpos)):
             data.qpos[:], data.qvel[:] = qpos[i], qvel[i]

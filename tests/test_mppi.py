@@ -29,9 +29,9 @@ from simdist.planning import (
     make_planner,
     measure_latency,
     shift_plan,
-    synthetic_mlp_model,
     warm_start_state,
 )
+from tests.synthetic_model import synthetic_mlp_model
 
 GAMMA = 0.9
 _A3 = np.array([[1.0, 0.2, 0.0], [0.0, 0.9, 0.2], [0.1, 0.0, 0.95]])

@@ -303,7 +303,7 @@ def test_sim_real_observation_matches_the_task(robot):
         d = b._data
         mx = mjx.put_model(b.probe().model)
         dx = mjx.put_data(b.probe().model, d)
-        info = {"last_action": jnp.asarray(b._adapter._last_action), "command": jnp.asarray(b.command())}
+        info = {"last_action": jnp.asarray(b.adapter._last_action), "command": jnp.asarray(b.command())}
         dep, _ = task.observe(mx, dx, info)
         np.testing.assert_allclose(np.asarray(dep), obs, atol=1e-5)
 

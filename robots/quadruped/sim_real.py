@@ -1,6 +1,6 @@
 """The quadruped's `sim-real` adapter: numpy twins of robots/quadruped/task.py for the classic
-MuJoCo "real robot". Importing this module registers it in `simdist.backends.sim_real.ADAPTERS`
-(robots/quadruped/__init__.py imports it).
+MuJoCo "real robot". The `Robot` (robots/quadruped/__init__.py) names it as its
+`sim_real_adapter`.
 
 The proprioception, reward and fall test use the same formulas as the MJX task (task.py's
 functions with numpy). The height scan is a sensor here: `mj_ray` casts straight down
@@ -16,7 +16,7 @@ import dataclasses
 import mujoco
 import numpy as np
 
-from simdist.backends.sim_real import SimRealAdapter, register_adapter
+from simdist.backends.sim_real import SimRealAdapter
 from simdist.errors import RobotError
 from simdist.robots.quadruped import task as qt
 
@@ -30,6 +30,12 @@ class QuadrupedAdapter(SimRealAdapter):
         self._last_action = np.zeros(12)
         self._last_qvel = np.zeros(12)
         self._feet = self.task.foot_geoms
+
+    @property
+    def terrain(self):
+        """The terrain of the real robot's floor (a sloped floor when the gap sets `slope`):
+        the reward, the fall test and the initial height follow it."""
+        return self._terrain
 
     def load_gapped_model(self, gap):
         # MuJoCo computes the pose of static geoms at compile time, so a sloped floor needs a
@@ -118,5 +124,3 @@ class QuadrupedAdapter(SimRealAdapter):
             return "the robot fell (trunk too low or tilted more than 60 degrees)"
         return None
 
-
-register_adapter("quadruped", QuadrupedAdapter)

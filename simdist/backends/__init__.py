@@ -3,7 +3,8 @@
 - `RobotInterface` / `RobotSpec` (base.py): connect, reset, observe, command, act, step,
   stop, close, done, stats; a context manager that stops and closes on exit.
 - `sim-real` (sim_real.py): classic CPU MuJoCo with a reality gap (gaps.py and the robot's
-  `simdist.robots.<name>.gaps`), in lock-step or real-time mode.
+  gap keys and `apply_gap`), in lock-step or real-time mode, through the robot's
+  `sim_real_adapter`.
 - `dummy` (base.py `DummyRobot`): a double integrator with the robot's spec, for tests.
 """
 
@@ -42,7 +43,7 @@ def make_backend(
     `MODES`. `kwargs` go to the backend (sim-real: `env_config`, `clock`, `sleep`).
     """
     if isinstance(robot, str):
-        from simdist.robots import get_robot
+        from simdist.robot import get_robot
 
         robot = get_robot(robot)
     if name == "sim-real":

@@ -7,9 +7,9 @@ A gap is a dict `key -> value`. Every robot supports the generic keys
 - `obs_noise`: std of Gaussian noise added to every observation entry, in observation units;
 
 and its own physical keys, as multipliers of the nominal MJCF value (the cartpole's:
-`pole_mass`, `pole_length`, `cart_friction`, `motor_gain`, `hinge_damping`). A robot's gap
-module `simdist.robots.<name>.gaps` defines `KEYS` (its physical keys), `GAPS` (named gaps),
-`NOTES` (one line of why per named gap) and `apply_gap(mj_model, gap)`.
+`pole_mass`, `pole_length`, `cart_friction`, `motor_gain`, `hinge_damping`). A robot brings
+them in its `Robot` (simdist.robot): `gap_keys` (its physical keys), `gaps` (named gaps),
+`gap_notes` (one line of why per named gap) and `apply_gap(mj_model, gap)`.
 
 On the command line a gap is a NAME, `key=value,key=value`, a NAME with overrides
 (`default,latency=2`), or the path of a JSON file holding an object of key -> value.
@@ -18,11 +18,9 @@ On the command line a gap is a NAME, `key=value,key=value`, a NAME with override
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from simdist.errors import RobotError
@@ -61,44 +59,35 @@ def multiplier(name: str, doc: str, *, allow_zero: bool = False) -> GapKey:
     return GapKey(name, doc, check=_nonneg if allow_zero else _positive, relative=True)
 
 
-# ---- the robot's gap module ------------------------------------------------------------
+# ---- the robot's gaps ------------------------------------------------------------------
 def _robot_name(robot) -> str:
     return robot if isinstance(robot, str) else robot.name
 
 
-def gap_module(robot) -> ModuleType | None:
-    """`simdist.robots.<name>.gaps`, or None when the robot has no gap module."""
-    name = _robot_name(robot)
-    try:
-        return importlib.import_module(f"simdist.robots.{name}.gaps")
-    except ModuleNotFoundError as e:
-        if e.name in (f"simdist.robots.{name}.gaps",):
-            return None
-        raise
+def _robot(robot):
+    if isinstance(robot, str):
+        from simdist.robot import get_robot
+
+        return get_robot(robot)
+    return robot
 
 
 def gap_keys(robot) -> dict[str, GapKey]:
     """All keys a gap for this robot may set: the generic ones and the robot's own."""
-    mod = gap_module(robot)
     keys = dict(GENERIC_KEYS)
-    if mod is not None:
-        keys.update(getattr(mod, "KEYS", {}))
+    keys.update(getattr(_robot(robot), "gap_keys", None) or {})
     return keys
 
 
 def robot_gaps(robot) -> dict[str, dict[str, float]]:
-    """The robot's named gaps: `Robot.gaps` when set, else its gap module's `GAPS`."""
-    gaps = {} if isinstance(robot, str) else dict(getattr(robot, "gaps", {}) or {})
-    if not gaps:
-        mod = gap_module(robot)
-        gaps = dict(getattr(mod, "GAPS", {})) if mod is not None else {}
+    """The robot's named gaps (`Robot.gaps`), with "none" (no gap) always among them."""
+    gaps = dict(getattr(_robot(robot), "gaps", None) or {})
     gaps.setdefault("none", {})
     return gaps
 
 
 def gap_notes(robot) -> dict[str, str]:
-    mod = gap_module(robot)
-    return dict(getattr(mod, "NOTES", {})) if mod is not None else {}
+    return dict(getattr(_robot(robot), "gap_notes", None) or {})
 
 
 # ---- parsing ---------------------------------------------------------------------------

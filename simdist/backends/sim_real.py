@@ -50,7 +50,7 @@ import mujoco
 import numpy as np
 
 from simdist.backends.base import RobotInterface, RobotSpec
-from simdist.backends.gaps import full_gap, gap_module, resolve_gap
+from simdist.backends.gaps import full_gap, resolve_gap
 from simdist.errors import RobotError
 
 MODES = ("lock-step", "real-time")
@@ -71,17 +71,17 @@ class SimRealAdapter:
         self.robot = robot
         self.task = robot.make_task(env_config)
         self.config = self.task.config
-        self._gap_module = gap_module(robot)
 
     def load_model(self) -> mujoco.MjModel:
         return self.task.mj_model()
 
     def apply_gap(self, model: mujoco.MjModel, gap: Mapping[str, float]) -> None:
         physical = {k: v for k, v in gap.items() if k not in ("latency", "obs_noise")}
-        if physical and self._gap_module is None:
+        apply = getattr(self.robot, "apply_gap", None)
+        if physical and apply is None:
             raise RobotError(f"robot '{self.robot.name}' has no physical gap keys; got {sorted(physical)}")
-        if self._gap_module is not None:
-            self._gap_module.apply_gap(model, physical)
+        if apply is not None:
+            apply(model, physical)
 
     def load_gapped_model(self, gap: Mapping[str, float]) -> mujoco.MjModel:
         """The real robot's model: the nominal one with the gap applied. Robots whose gap
@@ -141,58 +141,6 @@ class SimRealAdapter:
         holds the previous action or other controller state update it here)."""
 
 
-def _tolerance_gaussian(x, margin: float, value_at_margin: float = 0.1):
-    scale = np.sqrt(-2.0 * np.log(value_at_margin))
-    return np.exp(-0.5 * (x / margin * scale) ** 2)
-
-
-class CartpoleAdapter(SimRealAdapter):
-    """numpy twins of robots/cartpole/task.py (initial_state, observe, reward)."""
-
-    # Hitting a rail end stop faster than this (m/s) trips the safety stop.
-    rail_impact_speed = 4.0
-
-    def __init__(self, robot, env_config=None):
-        super().__init__(robot, env_config)
-        from simdist.robots.cartpole import task as cp
-
-        self._slider = cp.SLIDER_DOF
-        self._hinge = cp.HINGE_DOF
-
-    def initial_state(self, model, rng):
-        noise = float(self.config.init_noise)
-        qpos = np.array([0.0, np.pi]) + noise * rng.standard_normal(2)
-        qvel = noise * rng.standard_normal(2)
-        return qpos, qvel
-
-    def observe(self, model, data):
-        x, theta = data.qpos[0], data.qpos[1]
-        return np.array([x, np.cos(theta), np.sin(theta), data.qvel[0], data.qvel[1]], np.float64).astype(np.float32)
-
-    def reward(self, model, data, action):
-        x, theta = float(data.qpos[0]), float(data.qpos[1])
-        upright = (np.cos(theta) + 1.0) / 2.0
-        centred = (1.0 + _tolerance_gaussian(x, margin=2.0)) / 2.0
-        u = float(np.clip(action[0], -1.0, 1.0))
-        small_control = (4.0 + max(1.0 - u**2, 0.0)) / 5.0
-        small_velocity = (1.0 + _tolerance_gaussian(float(data.qvel[1]), margin=5.0)) / 2.0
-        return float(upright * centred * small_control * small_velocity)
-
-    def safety_fault(self, model, data):
-        x, xd = float(data.qpos[0]), float(data.qvel[0])
-        end = float(model.jnt_range[0, 1])
-        if abs(x) >= end - 1e-3 and x * xd > 0 and abs(xd) > self.rail_impact_speed:
-            return f"cart hit the rail end at {abs(xd):.1f} m/s (limit {self.rail_impact_speed:g})"
-        return None
-
-
-ADAPTERS: dict[str, type[SimRealAdapter]] = {"cartpole": CartpoleAdapter}
-
-
-def register_adapter(robot_name: str, adapter_cls: type[SimRealAdapter]) -> None:
-    ADAPTERS[robot_name] = adapter_cls
-
-
 # ---- the backend -------------------------------------------------------------------------
 class SimRealRobot(RobotInterface):
     """The `sim-real` backend. See the module docstring."""
@@ -209,13 +157,12 @@ class SimRealRobot(RobotInterface):
         sleep: Callable[[float], None] = time.sleep,
     ):
         if isinstance(robot, str):
-            from simdist.robots import get_robot
+            from simdist.robot import get_robot
 
             robot = get_robot(robot)
-        if robot.name not in ADAPTERS:
-            raise RobotError(
-                f"the sim-real backend does not know robot '{robot.name}'; it knows: {', '.join(sorted(ADAPTERS))}"
-            )
+        adapter_cls = getattr(robot, "sim_real_adapter", None)
+        if adapter_cls is None:
+            raise RobotError(f"robot '{robot.name}' has no sim-real adapter, so the sim-real backend cannot run it")
         if mode not in MODES:
             raise RobotError(f"unknown robot mode '{mode}'; modes: {', '.join(MODES)}")
         self.robot = robot
@@ -225,7 +172,7 @@ class SimRealRobot(RobotInterface):
         self._gap_full = full_gap(robot, self.gap)
         self.latency = int(self._gap_full["latency"])
         self.obs_noise = float(self._gap_full["obs_noise"])
-        self._adapter = ADAPTERS[robot.name](robot, env_config)
+        self._adapter = adapter_cls(robot, env_config)
         nominal = self._adapter.load_model()
         super().__init__(self._adapter.spec(nominal))
         self._clock = clock
@@ -249,6 +196,23 @@ class SimRealRobot(RobotInterface):
         self._warn0 = np.zeros(len(_BAD_STATE_WARNINGS), int)
         self._episode_started = False
         self._in_advance = False
+
+    # ---- public read-only hooks (research scripts, evaluation) --------------------------
+    @property
+    def adapter(self) -> SimRealAdapter:
+        """The robot's sim-real adapter (its numpy twins of the task)."""
+        return self._adapter
+
+    @property
+    def mj_model(self) -> mujoco.MjModel | None:
+        """The classic-MuJoCo model of the "real" robot, gap applied (None before connect)."""
+        return self._model
+
+    @property
+    def mj_data(self) -> mujoco.MjData | None:
+        """The classic-MuJoCo data of the "real" robot (None before connect). Evaluation only:
+        a planner talks to the robot through RobotInterface."""
+        return self._data
 
     def _init_rngs(self, seed: int) -> None:
         self._rng_init = np.random.default_rng([seed, 0])

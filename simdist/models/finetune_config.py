@@ -10,25 +10,13 @@ Two modes (see `pipelines/finetune.py`):
   LayerNorm + SiLU, zero-initialised last layer, so step 0 is exactly the zero-shot model).
   It is trained with `lr_peak * residual_lr_multiplier` (and `lr_final * multiplier`).
 
-The presets are generic (they hold for every robot): the sizes of the model come from the
-model directory being finetuned, not from the preset.
+The presets here are the generic defaults, for robots that bring none of their own: a robot's
+finetune presets (`Robot.finetune_presets`, in its folder) come first. The sizes of the model
+come from the model directory being finetuned, not from the preset.
 
 - ``tiny``: tests; 300 steps on the tiny test model, ~10 s.
-- ``default``: a 2-core CPU: 1000 steps of batch 32 at lr 1e-3 (about 15 s in mode dynamics).
-  More steps overfit. On the default-preset cartpole model with the `default` gap, finetuned on
-  3000 real steps and deployed for 10 episodes (MPPI `default`, zero-shot 71 ± 35):
-
-  | finetune steps (lr 1e-3) | held-out latent MSE (0.102 before) | real-robot return |
-  |---|---|---|
-  | 500 | 0.025 | 215 ± 4 |
-  | 1000 | 0.024 | 211 ± 7 |
-  | 2000 (lr 3e-4) | 0.023 | 185 ± 56 |
-  | 4000 | 0.012 | 53 ± 34 |
-
-  The held-out error keeps falling while the planner gets worse: the real data covers only the
-  actions the planner chose, and a dynamics block trained for long on it is wrong about the
-  other actions MPPI samples, which the planner then exploits. 1000 steps gave 209 / 211 / 212
-  on 1500 / 3000 / 4500 real steps.
+- ``default``: a 2-core CPU: 1000 steps of batch 32 at lr 1e-3 (about 15 s in mode dynamics);
+  more steps overfit (the cartpole's measurements: robots/cartpole/presets.py).
 - ``paper``: the reference's recipe, Adam lr 2e-4 with warmup, batch 32, ReDRAW's 100x
   residual learning rate; a GPU budget.
 
@@ -118,16 +106,27 @@ def _paper(seed: int) -> FinetuneConfig:
                           eval_windows=16_384, checkpoint_every=5_000)
 
 
-#: preset name -> FinetuneConfig factory (seed as argument); generic for all robots.
+#: preset name -> FinetuneConfig factory (seed as argument): the generic defaults.
 FINETUNE_PRESETS: dict[str, Callable[[int], FinetuneConfig]] = {"tiny": _tiny, "default": _default, "paper": _paper}
 
 
 def finetune_config(preset: str, seed: int = 0, mode: str | None = None,
-                    overrides: dict[str, Any] | None = None) -> FinetuneConfig:
-    """The preset's config, with `mode` and dotted `--set` overrides applied."""
-    if preset not in FINETUNE_PRESETS:
-        raise ConfigError(f"no finetune preset '{preset}'; presets: {', '.join(FINETUNE_PRESETS)}")
-    cfg = FINETUNE_PRESETS[preset](seed)
+                    overrides: dict[str, Any] | None = None, robot=None) -> FinetuneConfig:
+    """The preset's config, with `mode` and dotted `--set` overrides applied.
+
+    `robot` (a `Robot` or a robot name; None: generic) picks the robot's own finetune presets
+    when it has any; otherwise the generic `FINETUNE_PRESETS` are used."""
+    cfg = None
+    if robot is not None:
+        if isinstance(robot, str):
+            from simdist.robot import get_robot
+
+            robot = get_robot(robot)
+        cfg = robot.finetune_config(preset, seed)
+    if cfg is None:
+        if preset not in FINETUNE_PRESETS:
+            raise ConfigError(f"no finetune preset '{preset}'; presets: {', '.join(FINETUNE_PRESETS)}")
+        cfg = FINETUNE_PRESETS[preset](seed)
     if mode is not None:
         cfg = dataclasses.replace(cfg, mode=mode)
     return with_overrides(cfg, overrides or {})

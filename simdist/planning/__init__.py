@@ -7,7 +7,7 @@ from simdist.planning.mppi import (
     MPPIConfig,
     PlanModel,
     PlanState,
-    benchmark_presets,
+    candidate_returns,
     colored_noise,
     elite_statistics,
     fit_chunk,
@@ -17,7 +17,6 @@ from simdist.planning.mppi import (
     measure_latency,
     plan,
     shift_plan,
-    synthetic_mlp_model,
     warm_start_state,
 )
 
@@ -26,7 +25,7 @@ __all__ = [
     "MPPIConfig",
     "PlanModel",
     "PlanState",
-    "benchmark_presets",
+    "candidate_returns",
     "colored_noise",
     "elite_statistics",
     "fit_chunk",
@@ -36,6 +35,5 @@ __all__ = [
     "measure_latency",
     "plan",
     "shift_plan",
-    "synthetic_mlp_model",
     "warm_start_state",
 ]

@@ -86,7 +86,7 @@ __all__ = [
     "PRESETS",
     "PlanModel",
     "PlanState",
-    "benchmark_presets",
+    "candidate_returns",
     "colored_noise",
     "elite_statistics",
     "fit_chunk",
@@ -96,7 +96,6 @@ __all__ = [
     "measure_latency",
     "plan",
     "shift_plan",
-    "synthetic_mlp_model",
     "warm_start_state",
 ]
 
@@ -175,13 +174,11 @@ class MPPIConfig:
             raise ValueError(f"execute must be 'mean' or 'best', got {self.execute!r}")
 
 
-# tiny/default fit the 50 Hz (20 ms) budget with margin on a 2-core CPU. With the cartpole's
-# distilled transformer world model (latent 64, 2 decoder layers), one deploy control step
-# (context encoding + plan) measured: tiny ~8 ms p50; default (64 samples x 3 iterations)
-# ~15 ms p50 / ~20 ms p99. 96 samples x 3 iterations measured 15-18 ms p50 and 21-23 ms p99;
-# 64 x 2 was faster (11 / 14 ms) but planned the swing-up of the gapped cartpole clearly worse
-# after finetuning. Cost is ~linear in (samples + prior_samples + 1) x horizon x iterations. "paper" is the reference budget,
-# for a GPU (~0.3 s per plan on that CPU).
+# The generic planner presets, for robots that bring none of their own (`Robot.mppi_presets`;
+# the cartpole's and the quadruped's hold these same budgets, with their measurements). tiny and
+# default fit a 50 Hz (20 ms) control period with margin on a 2-core CPU; cost is ~linear in
+# (samples + prior_samples + 1) x horizon x iterations. "paper" is the reference budget, for a
+# GPU (~0.3 s per plan on that CPU).
 PRESETS: dict[str, MPPIConfig] = {
     "tiny": MPPIConfig(horizon=8, samples=64, iterations=2, elites=16, prior_samples=8),
     "default": MPPIConfig(horizon=10, samples=64, iterations=3, elites=16, prior_samples=16),
@@ -189,7 +186,18 @@ PRESETS: dict[str, MPPIConfig] = {
 }
 
 
-def get_preset(name: str) -> MPPIConfig:
+def get_preset(name: str, robot=None) -> MPPIConfig:
+    """The MPPI preset `name`: the robot's own (`Robot.mppi_presets`, a `Robot` or a robot
+    name) when it has any, else the generic `PRESETS`. ValueError (a ConfigError for a
+    robot's) naming the presets when there is no such preset."""
+    if robot is not None:
+        if isinstance(robot, str):
+            from simdist.robot import get_robot
+
+            robot = get_robot(robot)
+        own = robot.mppi_config(name)
+        if own is not None:
+            return own
     try:
         return PRESETS[name]
     except KeyError:
@@ -279,8 +287,9 @@ def elite_statistics(actions, returns, elites: int, temperature: float, min_std:
     return mean, std, elite_returns
 
 
-def _returns(cfg: MPPIConfig, model: PlanModel, params, ctx, command, z0, actions) -> jax.Array:
-    """R = Σ_{k<T} γ^k r̂_k + γ^T v̂(ẑ_T) for every candidate sequence ``actions [M,T,A]``."""
+def candidate_returns(cfg: MPPIConfig, model: PlanModel, params, ctx, command, z0, actions) -> jax.Array:
+    """R = Σ_{k<T} γ^k r̂_k + γ^T v̂(ẑ_T) for every candidate sequence ``actions [M,T,A]``:
+    the return the planner ranks candidates by (pure and traceable)."""
     m, t, _ = actions.shape
     z = model.dynamics(params, ctx, actions)  # [M,T,Z]: z_1 .. z_T
     z_prev = jnp.concatenate([jnp.broadcast_to(z0, (m, 1, z0.shape[-1])).astype(z.dtype), z[:, :-1]], axis=1)
@@ -288,6 +297,9 @@ def _returns(cfg: MPPIConfig, model: PlanModel, params, ctx, command, z0, action
     v = model.value(params, z[:, -1], command)  # [M]
     disc = cfg.discount ** jnp.arange(t, dtype=jnp.float32)
     return jnp.sum(r * disc, axis=-1) + cfg.value_weight * (cfg.discount**t) * v
+
+
+_returns = candidate_returns  # the internal name
 
 
 def _all_finite(*xs) -> jax.Array:
@@ -422,97 +434,3 @@ def measure_latency(planner_fn: Callable, args: tuple, n: int = 200) -> dict[str
         "max_ms": float(times.max()),
         "compile_ms": compile_ms,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# A synthetic MLP latent model, for planner benchmarks and tests (no trained weights needed).
-
-
-def _mlp_init(rng: np.random.Generator, sizes, last_scale=1.0):
-    layers = []
-    for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
-        scale = (last_scale if i == len(sizes) - 2 else 1.0) / np.sqrt(m)
-        w = (scale * rng.standard_normal((m, n))).astype(np.float32)
-        layers.append((jnp.asarray(w), jnp.zeros((n,), jnp.float32)))
-    return layers
-
-
-def _mlp(layers, x):
-    for w, b in layers[:-1]:
-        x = jax.nn.silu(x @ w + b)
-    w, b = layers[-1]
-    return x @ w + b
-
-
-def synthetic_mlp_model(
-    seed: int = 0,
-    *,
-    latent: int = 64,
-    hidden: int = 256,
-    head_hidden: int = 128,
-    action_size: int = 12,
-    command_size: int = 3,
-    prior_horizon: int = 25,
-) -> tuple[PlanModel, dict, dict]:
-    """A random TD-MPC2-style MLP latent model: ``(PlanModel, params, ctx)``.
-
-    Dynamics ``z' = z + MLP([z, a])`` (2 hidden layers of ``hidden``), unrolled with
-    ``lax.scan``; reward ``MLP([z, a, z', command])`` and value ``MLP([z, command])`` with one
-    hidden layer of ``head_hidden``; prior ``tanh(MLP([z, command]))`` reshaped to a chunk.
-    ``ctx = {"z": z0}``. The weights are random: use it for timing and shape checks only.
-    """
-    z, a, c = latent, action_size, command_size
-    rng = np.random.default_rng(seed)  # numpy init: no XLA compiles for a benchmark fixture
-    params = {
-        "dyn": _mlp_init(rng, (z + a, hidden, hidden, z), last_scale=0.1),
-        "rew": _mlp_init(rng, (2 * z + a + c, head_hidden, 1)),
-        "val": _mlp_init(rng, (z + c, head_hidden, 1)),
-        "pri": _mlp_init(rng, (z + c, head_hidden, prior_horizon * a), last_scale=0.5),
-    }
-    ctx = {"z": jnp.asarray(rng.standard_normal(z).astype(np.float32))}
-
-    def dynamics(params, ctx, actions):
-        n = actions.shape[0]
-
-        def step(zt, at):
-            zn = zt + _mlp(params["dyn"], jnp.concatenate([zt, at], axis=-1))
-            return zn, zn
-
-        z_init = jnp.broadcast_to(ctx["z"], (n, ctx["z"].shape[-1]))
-        _, zs = jax.lax.scan(step, z_init, jnp.swapaxes(actions, 0, 1))
-        return jnp.swapaxes(zs, 0, 1)
-
-    def reward(params, z_prev, actions, z_next, command):
-        cmd = jnp.broadcast_to(command, (*actions.shape[:-1], command.shape[-1]))
-        return _mlp(params["rew"], jnp.concatenate([z_prev, actions, z_next, cmd], axis=-1))[..., 0]
-
-    def value(params, zs, command):
-        cmd = jnp.broadcast_to(command, (*zs.shape[:-1], command.shape[-1]))
-        return _mlp(params["val"], jnp.concatenate([zs, cmd], axis=-1))[..., 0]
-
-    def prior(params, ctx, command):
-        out = _mlp(params["pri"], jnp.concatenate([ctx["z"], command], axis=-1))
-        return jnp.tanh(out).reshape(prior_horizon, a)
-
-    return PlanModel(dynamics, reward, value, prior, lambda ctx: ctx["z"]), params, ctx
-
-
-def benchmark_presets(
-    presets=("tiny", "default", "paper"), n: int = 200, *, hidden: int = 256, action_size: int = 12
-) -> dict[str, dict[str, float]]:
-    """Planner latency per preset on :func:`synthetic_mlp_model` (latent 64, command 3, bounds ±1).
-
-    Returns ``{preset: measure_latency(...)}``; the "paper" preset is measured with at most 20
-    calls (it is slow on a CPU).
-    """
-    model, params, ctx = synthetic_mlp_model(0, hidden=hidden, action_size=action_size)
-    lo, hi = -np.ones(action_size, np.float32), np.ones(action_size, np.float32)
-    command = jnp.zeros((3,), jnp.float32)
-    results = {}
-    for name in presets:
-        cfg = get_preset(name)
-        planner = make_planner(cfg, model, lo, hi)
-        state = init_plan_state(cfg, action_size, lo, hi)
-        args = (params, ctx, command, state, jax.random.key(1))
-        results[name] = measure_latency(planner, args, n=min(n, 20) if name == "paper" else n)
-    return results
