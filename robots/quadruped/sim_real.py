@@ -30,6 +30,7 @@ class QuadrupedAdapter(SimRealAdapter):
         self._last_action = np.zeros(12)
         self._last_qvel = np.zeros(12)
         self._feet = self.task.foot_geoms
+        self._weights = self.config.reward_weights.as_dict()
 
     @property
     def terrain(self):
@@ -97,6 +98,7 @@ class QuadrupedAdapter(SimRealAdapter):
         r, _ = qt.reward_terms(
             self._terrain, data.qpos, data.qvel, data.time, data.actuator_force, data.geom_xpos[self._feet],
             np.asarray(action, np.float64), self._last_action, self._last_qvel, self.command(), self.config.ctrl_dt, np,
+            weights=self._weights,
         )  # fmt: skip
         return float(r)
 

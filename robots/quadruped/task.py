@@ -27,7 +27,8 @@ Actions: 12 joint target offsets in [-1, 1]; target = default pose + ACTION_SCAL
 clipped to the joint ranges. Joint order per leg FL, FR, RL, RR: hip abduction, hip
 flexion (thigh), knee (calf).
 
-Reward: the reference's terms, each multiplied by ctrl_dt (see REWARD_WEIGHTS).
+Reward: the reference's terms, each multiplied by ctrl_dt (weights: QuadrupedRewardWeights,
+the env config's `reward_weights`).
 Termination: base below 0.15 m above the terrain, or tilted more than 60 degrees.
 """
 
@@ -71,20 +72,31 @@ SWING_HEIGHT = 0.09
 MIN_BASE_HEIGHT = 0.15
 MAX_TILT_COS = 0.5  # cos 60 degrees
 
-REWARD_WEIGHTS = {
-    "tracking_lin_vel": 1.5,
-    "tracking_ang_vel": 0.75,
-    "lin_vel_z": -2.0,
-    "ang_vel_xy": -0.05,
-    "orientation": -4.0,
-    "base_height": -10.0,
-    "torques": -2e-4,
-    "joint_acc": -2.5e-7,
-    "action_rate": -0.01,
-    "hip_deviation": -0.25,
-    "trot_gait": 0.05,
-    "swing_height": 0.2,
-}
+@dataclasses.dataclass(frozen=True)
+class QuadrupedRewardWeights:
+    """The weight of each reward term (the reference's), before the factor ctrl_dt. A field of
+    the env config, so `--set env.reward_weights.torques=-1e-4` reaches it."""
+
+    tracking_lin_vel: float = 1.5
+    tracking_ang_vel: float = 0.75
+    lin_vel_z: float = -2.0
+    ang_vel_xy: float = -0.05
+    orientation: float = -4.0
+    base_height: float = -10.0
+    torques: float = -2e-4
+    joint_acc: float = -2.5e-7
+    action_rate: float = -0.01
+    hip_deviation: float = -0.25
+    trot_gait: float = 0.05
+    swing_height: float = 0.2
+
+    def as_dict(self) -> dict[str, float]:
+        """term -> weight, in the order the reward sums them."""
+        return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+#: The default weights as a dict (term -> weight).
+REWARD_WEIGHTS = QuadrupedRewardWeights().as_dict()
 TRACKING_SIGMA = 0.25
 
 PROPRIO_NAMES = (
@@ -136,6 +148,8 @@ class QuadrupedEnvConfig(EnvConfig):
     # The fixed command of the sim-real robot (deploy).
     deploy_command: tuple[float, float, float] = (0.5, 0.0, 0.0)
     deploy_yaw_range: float = 0.1  # +- rad: the sim-real robot starts facing +x, up a slope gap
+    # The reward's term weights (the reference's by default).
+    reward_weights: QuadrupedRewardWeights = QuadrupedRewardWeights()
 
 
 # ---- terrain -----------------------------------------------------------------------------
@@ -267,7 +281,9 @@ def proprio(qpos, qvel, time, last_action, command, xp=jnp):
     )  # fmt: skip
 
 
-def reward_terms(terrain, qpos, qvel, time, torques, foot_pos, action, last_action, last_qvel, command, dt, xp=jnp):
+def reward_terms(terrain, qpos, qvel, time, torques, foot_pos, action, last_action, last_qvel, command, dt, xp=jnp,
+                 weights=None):
+    """(total reward, terms); `weights` maps term -> weight (None: REWARD_WEIGHTS)."""
     q = qpos[3:7]
     v = quat_rotate_inv(q, qvel[0:3], xp)
     w = qvel[3:6]
@@ -293,7 +309,8 @@ def reward_terms(terrain, qpos, qvel, time, torques, foot_pos, action, last_acti
         "trot_gait": xp.mean((contact == stance).astype(np.float32)),
         "swing_height": xp.sum(swing * xp.exp(-((foot_h - SWING_HEIGHT) ** 2) / 0.02**2)) / 2.0,
     }
-    total = sum(REWARD_WEIGHTS[k] * terms[k] for k in REWARD_WEIGHTS) * dt
+    weights = REWARD_WEIGHTS if weights is None else weights
+    total = sum(weights[k] * terms[k] for k in weights) * dt
     return total, terms
 
 
@@ -462,7 +479,7 @@ class QuadrupedTask(Task):
         return reward_terms(
             self.terrain_for(model), data.qpos, data.qvel, data.time, data.actuator_force,
             data.geom_xpos[self.foot_geoms], action, info["last_action"], info["last_qvel"], info["command"],
-            self.config.ctrl_dt,
+            self.config.ctrl_dt, weights=self.config.reward_weights.as_dict(),
         )  # fmt: skip
 
     def terminated(self, model, data, info):

@@ -7,6 +7,7 @@ from typing import Any
 
 from simdist.config import from_dict, to_dict
 from simdist.envs.task import EnvConfig
+from simdist.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,16 @@ class PPOConfig:
     num_snapshots: int = 6  # policy snapshots kept along training, the final one included
     checkpoint_every: int = 10  # iterations between resumable checkpoints
     eval_envs: int = 64
+
+    def __post_init__(self):
+        for name in ("num_envs", "unroll_length", "num_iterations", "num_epochs", "num_minibatches"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"PPOConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.steps_per_iteration % self.num_minibatches:
+            raise ConfigError(
+                f"PPOConfig: the batch of num_envs x unroll_length = {self.num_envs} x {self.unroll_length} = "
+                f"{self.steps_per_iteration} steps does not divide into num_minibatches = {self.num_minibatches}"
+            )
 
     @property
     def steps_per_iteration(self) -> int:
@@ -65,7 +76,7 @@ class ExpertConfig:
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> "ExpertConfig":
-        from simdist.robots import get_robot
+        from simdist.robot import get_robot
 
         robot = get_robot(data["robot"])
         return ExpertConfig(

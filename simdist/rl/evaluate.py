@@ -200,7 +200,7 @@ def evaluate_expert(
     (m/s) and, for a floating base, `distance_mean` (m); per-episode values in `per_episode`.
     """
     from simdist.rl.policy import load_snapshots, read_run_config
-    from simdist.robots import get_robot
+    from simdist.robot import get_robot
 
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ConfigError(f"episodes must be a positive integer, got {episodes!r}")
