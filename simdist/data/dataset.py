@@ -34,7 +34,7 @@ import tensorstore as ts
 from simdist.atomic import write_json
 from simdist.data.fs import acquire_write_lock, remove_stale_tmp_dirs, remove_stale_write_files, size_on_disk
 from simdist.data.info import dataset_info, format_info
-from simdist.data.reads import READ_PIECE_BYTES, chunk_error, plan_spans, read_spans, verify_array
+from simdist.data.reads import READ_PIECE_BYTES, chunk_error, open_arrays, plan_spans, read_spans, verify_array
 from simdist.data.schema import (
     EPISODE_CHUNK_ROWS,
     EPISODE_COLUMNS,
@@ -49,11 +49,9 @@ from simdist.data.schema import (
     check_append,
     check_attrs,
     default_chunk_rows,
-    fmt_shape,
     group_doc,
     new_attrs,
     now,
-    open_spec,
     read_group,
 )
 from simdist.errors import DatasetError, short_reason
@@ -191,7 +189,7 @@ class Dataset:
         lock_fd = acquire_write_lock(path) if writable else None
         ds = None
         try:
-            stores, episode_store = cls._open_arrays(path, fields, writable, int(attrs["schema_version"]))
+            stores, episode_store = open_arrays(path, fields, writable, int(attrs["schema_version"]))
             for name, store in stores.items():
                 if store.shape[0] < n_transitions:
                     raise DatasetError(
@@ -246,39 +244,6 @@ class Dataset:
                 raise DatasetError(f"{path}: existing dataset does not match the requested one ({'; '.join(diffs)})")
             return ds
         return cls.create(path, spec, extra=extra, chunk_steps=chunk_steps)
-
-    @staticmethod
-    def _open_arrays(path: Path, fields: dict[str, tuple[tuple[int, ...], str]], writable: bool,
-                     schema_version: int):
-        base = path.absolute()
-        futures = {}
-        for name in [*fields, "episodes"]:
-            futures[name] = ts.open(open_spec(base, name, schema_version), open=True, read=True, write=writable)
-        stores = {}
-        for name, fut in futures.items():
-            try:
-                stores[name] = fut.result()
-            except Exception as e:
-                if not (base / name / "zarr.json").exists():
-                    what = "the episode table" if name == "episodes" else f"field '{name}'"
-                    raise DatasetError(f"{path}: missing {what} (no array at {name}/)") from None
-                raise DatasetError(f"{path}: field '{name}' is unreadable ({short_reason(e)})") from None
-        expected = dict(fields)
-        expected["episodes"] = ((4,), "int64")
-        for name, (shape, dtype) in expected.items():
-            store = stores[name]
-            actual_shape = tuple(int(s) for s in store.shape[1:])
-            if store.rank < 1 or actual_shape != tuple(shape):
-                raise DatasetError(
-                    f"{path}: field '{name}' has per-step shape {fmt_shape(actual_shape)},"
-                    f" expected {fmt_shape(shape)}"
-                )
-            if np.dtype(store.dtype.numpy_dtype) != np.dtype(dtype):
-                raise DatasetError(
-                    f"{path}: field '{name}' has dtype {store.dtype.name}, expected {dtype}"
-                )
-        episode_store = stores.pop("episodes")
-        return stores, episode_store
 
     # ---- lifetime ----------------------------------------------------------------------------
 

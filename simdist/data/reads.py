@@ -1,7 +1,7 @@
-"""Reading a dataset's arrays: the read planner that merges row ranges into few large reads,
-the whole-dataset integrity check, and the translation of tensorstore read errors (a missing
-chunk file, a checksum mismatch, an undecodable chunk) into one-line :class:`DatasetError`\\ s
-naming the chunk file."""
+"""Opening and reading a dataset's arrays: their shape and dtype checks, the read planner that
+merges row ranges into few large reads, the whole-dataset integrity check, and the translation
+of tensorstore read errors (a missing chunk file, a checksum mismatch, an undecodable chunk)
+into one-line DatasetError messages naming the chunk file."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorstore as ts
 
+from simdist.data.schema import fmt_shape, open_spec
 from simdist.errors import DatasetError, short_reason
 
-__all__ = ["READ_PIECE_BYTES", "chunk_error", "plan_spans", "read_spans", "verify_array"]
+__all__ = ["READ_PIECE_BYTES", "chunk_error", "open_arrays", "plan_spans", "read_spans", "verify_array"]
 
 READ_PIECE_BYTES = 64 << 20  # at most this much is read in one tensorstore request
 
@@ -104,3 +106,38 @@ def verify_array(path: Path, name: str, store: Any, rows: int) -> int:
     except Exception as e:
         raise chunk_error(path, name, e) from None
     return -(-rows // chunk)
+
+
+def open_arrays(path: Path, fields: dict[str, tuple[tuple[int, ...], str]], writable: bool,
+                schema_version: int) -> tuple[dict[str, Any], Any]:
+    """Open the per-step arrays and the episode table of the dataset at `path` and check their
+    per-step shapes and dtypes; returns ({field: store}, episode_store)."""
+    base = path.absolute()
+    futures = {}
+    for name in [*fields, "episodes"]:
+        futures[name] = ts.open(open_spec(base, name, schema_version), open=True, read=True, write=writable)
+    stores = {}
+    for name, fut in futures.items():
+        try:
+            stores[name] = fut.result()
+        except Exception as e:
+            if not (base / name / "zarr.json").exists():
+                what = "the episode table" if name == "episodes" else f"field '{name}'"
+                raise DatasetError(f"{path}: missing {what} (no array at {name}/)") from None
+            raise DatasetError(f"{path}: field '{name}' is unreadable ({short_reason(e)})") from None
+    expected = dict(fields)
+    expected["episodes"] = ((4,), "int64")
+    for name, (shape, dtype) in expected.items():
+        store = stores[name]
+        actual_shape = tuple(int(s) for s in store.shape[1:])
+        if store.rank < 1 or actual_shape != tuple(shape):
+            raise DatasetError(
+                f"{path}: field '{name}' has per-step shape {fmt_shape(actual_shape)},"
+                f" expected {fmt_shape(shape)}"
+            )
+        if np.dtype(store.dtype.numpy_dtype) != np.dtype(dtype):
+            raise DatasetError(
+                f"{path}: field '{name}' has dtype {store.dtype.name}, expected {dtype}"
+            )
+    episode_store = stores.pop("episodes")
+    return stores, episode_store
