@@ -92,6 +92,12 @@ def planner_config(base: mppi.MPPIConfig, spec: str) -> mppi.MPPIConfig:
     return dataclasses.replace(base, **over)
 
 
+def overrides_of(cfg: mppi.MPPIConfig, base: mppi.MPPIConfig) -> tuple[tuple[str, object], ...]:
+    """The fields in which `cfg` differs from `base`, as deploy's `mppi_overrides`."""
+    return tuple((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                 if getattr(cfg, f.name) != getattr(base, f.name))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=_pair, action="append", default=[], help="NAME=DIR (repeatable)")
@@ -108,7 +114,7 @@ def main() -> None:
     args = ap.parse_args()
     gaps = args.gap or ["slippery-slope"]
     planners = args.planner or [("default", "")]
-    base = mppi.PRESETS[args.base]
+    base = mppi.get_preset(args.base, "quadruped")  # the robot's own preset, as deploy reads it
     configs = {name: planner_config(base, spec) for name, spec in planners}  # validate all first
     if not args.model and args.expert is None:
         raise SystemExit("give at least one --model NAME=DIR or --expert DIR")
@@ -133,8 +139,8 @@ def main() -> None:
         write_json(args.out, rows)
         print(format_row(key, rows[key]), flush=True)
 
-    def oracle(gap: str, preset: str, model_dir) -> ExpertProposalPlanner:
-        cfg = dep.DeployConfig(robot="quadruped", gap=gap, seed=args.seed, mppi=preset)
+    def oracle(gap: str, overrides, model_dir) -> ExpertProposalPlanner:
+        cfg = dep.DeployConfig(robot="quadruped", gap=gap, seed=args.seed, mppi=args.base, mppi_overrides=overrides)
         with make_backend(cfg.backend, get_robot("quadruped"), gap=gap, seed=args.seed) as b:
             spec = b.spec
         planner = dep.make_controller(cfg, spec, model_dir=model_dir)
@@ -144,13 +150,13 @@ def main() -> None:
         if args.expert is not None:
             run(f"{gap} | expert", gap=gap, expert_dir=args.expert)
         for pname, cfg in configs.items():
-            preset = f"sweep:{pname}"
-            mppi.PRESETS[preset] = cfg  # deploy takes the planner by preset name
+            overrides = overrides_of(cfg, base)  # deploy's --mppi-set over the base preset
             for mname, mdir in args.model:
-                run(f"{gap} | {mname} | {pname}", gap=gap, model_dir=mdir, cfg={"mppi": preset})
+                run(f"{gap} | {mname} | {pname}", gap=gap, model_dir=mdir,
+                    cfg={"mppi": args.base, "mppi_overrides": overrides})
                 if args.expert_proposals:
                     run(f"{gap} | {mname} | {pname} | expert proposals", gap=gap,
-                        controller=oracle(gap, preset, mdir))
+                        controller=oracle(gap, overrides, mdir))
     print(f"\nwrote {args.out}")
 
 
