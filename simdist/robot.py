@@ -138,9 +138,12 @@ def _load(package: str) -> None:
 def robot_names() -> list[str]:
     """Every robot: the packages under `simdist.robots` (imported now), then the others
     registered so far."""
+    shipped = []
     for package in _packages():
         _load(package)
-    return list(_REGISTRY)
+        shipped += [n for n, r in _REGISTRY.items() if r.root is not None and Path(r.root).name == package]
+    shipped = list(dict.fromkeys(shipped))
+    return shipped + [n for n in _REGISTRY if n not in shipped]
 
 
 def get_robot(name: str) -> Robot:
