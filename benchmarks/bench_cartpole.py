@@ -265,7 +265,7 @@ def bench_planner(presets, steps: int, robot: str = "cartpole") -> list[dict]:
     rng = np.random.default_rng(0)
     for dyn in ("transformer", "mlp"):
         for preset in presets:
-            mppi = get_preset(preset)
+            mppi = get_preset(preset, robot)
             # The MLP dynamics has no context tokens for the prior to read.
             mcfg = dataclasses.replace(base, dynamics=dyn, horizon=max(base.horizon, mppi.horizon),
                                        prior_context=base.prior_context and dyn == "transformer")
