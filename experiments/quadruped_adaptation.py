@@ -95,7 +95,7 @@ def main() -> None:
     for k in range(1, args.rounds + 1):
         ft = out / f"finetuned_{k}"
         if not (ft / "model.json").exists():
-            fcfg = fin.make_config(args.finetune_preset, args.seed, "dynamics")
+            fcfg = fin.make_config(args.finetune_preset, args.seed, "dynamics", robot=robot)
             fin.finetune(fcfg, args.model, real, ft, show_progress=True)
         used = json.loads((ft / "metrics.json").read_text())["real_data"]["transitions"]
         last = k == args.rounds
@@ -107,7 +107,7 @@ def main() -> None:
     if args.residual:
         ft = out / "residual"
         if not (ft / "model.json").exists():
-            fin.finetune(fin.make_config(args.finetune_preset, args.seed, "residual"), args.model, real, ft,
+            fin.finetune(fin.make_config(args.finetune_preset, args.seed, "residual", robot=robot), args.model, real, ft,
                          show_progress=True)
         used = json.loads((ft / "metrics.json").read_text())["real_data"]["transitions"]
         run("planner_residual", "planner finetuned (ReDRAW residual)", args.gap, model=ft, real_steps=used)
