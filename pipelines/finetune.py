@@ -36,33 +36,29 @@ Run directory layout (OUT), a model directory that `deploy` accepts once the run
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
-from simdist.checkpointing import Checkpoints
-from simdist.config import read_json, to_dict, write_json
+from simdist.config import to_dict
 from simdist.data.dataset import Dataset
 from simdist.data.windows import WindowSampler, heldout_mask
-from simdist.errors import CheckpointError, ConfigError, DatasetError, TrainingDivergedError
+from simdist.errors import ConfigError, DatasetError
 from simdist.models.finetune_config import FinetuneConfig, finetune_config
+from simdist.models.evaluate import latent_report
 from simdist.models.io import load_model, save_model
-from simdist.models.train import WorldModelTrainer, make_optimizer
+from simdist.models.train import WorldModelStage, WorldModelTrainer, make_optimizer
 from simdist.models.world_model import DYNAMICS, RESIDUAL, WorldModel, count_params
-from simdist.runlog import latest_train_state, save_figure, truncate_history
-from simdist.progress import console, progress_bar
+from simdist.runlog import save_figure
+from simdist.training import FailAt, LoopResult, RunSpec, prepare_run_dir, run
 
 TRAIN_STATE_KIND = "finetune_train_state"
 LABEL_KEYS = ("reward", "value", "expert", "noisy")  # never part of the finetuning loss
-_EVAL_CHUNK = 512  # held-out windows per jitted evaluation call
 
 
 @dataclass
@@ -75,8 +71,9 @@ class FinetuneResult:
 
 
 def make_config(preset: str, seed: int = 0, mode: str | None = None,
-                overrides: dict[str, Any] | None = None) -> FinetuneConfig:
-    return finetune_config(preset, seed, mode, overrides)
+                overrides: dict[str, Any] | None = None, robot=None) -> FinetuneConfig:
+    """The finetune preset: the robot's own (a Robot or name) when given, else the generic one."""
+    return finetune_config(preset, seed, mode, overrides, robot=robot)
 
 
 # ---- the residual model ------------------------------------------------------------------
@@ -212,7 +209,7 @@ def strip_labels(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k not in LABEL_KEYS}
 
 
-# ---- held-out latent error ---------------------------------------------------------------
+# ---- held-out latent error (the report itself is simdist.models.evaluate.latent_report) ---
 
 
 def eval_windows(heldout: WindowSampler, max_windows: int) -> dict[str, np.ndarray]:
@@ -220,39 +217,6 @@ def eval_windows(heldout: WindowSampler, max_windows: int) -> dict[str, np.ndarr
     n = min(heldout.n_windows, int(max_windows))
     batch = next(heldout.iterate(n))
     return strip_labels({k: v for k, v in batch.items() if k != "mask"})
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _latent_errors(graphdef, state, batch):
-    model = nnx.merge(graphdef, state)
-    ctx = model.context(batch["hist_obs"], batch["hist_act"], batch["obs"][:, 0])
-    z_hat = model.dynamics(ctx, batch["act"])  # ẑ_{t+1..t+T}
-    z_tgt = model.encode(batch["obs"][:, 1:])  # enc(o_{t+1..t+T}), the loss's target
-    err = ((z_hat - z_tgt) ** 2).mean(-1)
-    hold = ((z_tgt - ctx["z0"][:, None]) ** 2).mean(-1)  # "the latent stays where it is"
-    return err, hold
-
-
-def latent_report(model: WorldModel, windows: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Held-out latent MSE per horizon step (exact mean over all windows), and the hold-still baseline."""
-    graphdef, state = nnx.split(model)
-    n = len(windows["obs"])
-    size = min(n, _EVAL_CHUNK)
-    errs, holds = [], []
-    for i in range(0, n, size):
-        idx = np.arange(i, i + size) % n  # the last chunk wraps around; trimmed below
-        err, hold = jax.device_get(_latent_errors(graphdef, state, {k: v[idx] for k, v in windows.items()}))
-        keep = min(size, n - i)
-        errs.append(np.asarray(err[:keep], np.float64))
-        holds.append(np.asarray(hold[:keep], np.float64))
-    err = np.concatenate(errs).mean(0)
-    hold = np.concatenate(holds).mean(0)
-    return {
-        "windows": int(n),
-        "latent_error_mean": float(err.mean()),
-        "latent_error_per_step": [float(x) for x in err],
-        "latent_error_hold_still_per_step": [float(x) for x in hold],
-    }
 
 
 def plot_before_after(metrics: dict[str, Any], path: Path, title: str) -> None:
@@ -281,24 +245,74 @@ def plot_before_after(metrics: dict[str, Any], path: Path, title: str) -> None:
 # ---- the pipeline ------------------------------------------------------------------------
 
 
-def _check_or_write_config(out: Path, cfg: FinetuneConfig, model_dir: Path, real_data: Path) -> None:
-    path = out / "config.json"
-    want = {"finetune": to_dict(cfg), "model": str(Path(model_dir).resolve()),
-            "real_data": str(Path(real_data).resolve())}
-    if path.exists():
-        if read_json(path) != want:
-            raise CheckpointError(f"{out} holds another run (config, parent model or real data differ); "
-                                  "resume it with the same options or choose another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(path, want)
-
-
 def initial_model(parent: WorldModel, cfg: FinetuneConfig) -> tuple[WorldModel, Any]:
     """(the model at step 0, the trainable filter) for the config's mode."""
     if cfg.mode == "residual":
         return with_residual(parent, cfg.residual_hidden, cfg.seed), RESIDUAL
     return parent, DYNAMICS
+
+
+class _FinetuneStage(WorldModelStage):
+    """Latent-consistency steps on real training windows; held-out latent error."""
+
+    def __init__(self, cfg: FinetuneConfig, out: Path, model_dir: Path, parent_meta: dict[str, Any], data: RealData,
+                 trainer: WorldModelTrainer, held: dict[str, np.ndarray], before: dict[str, Any], t_start: float):
+        super().__init__(trainer, cfg.seed, cfg.batch_size)
+        self.cfg, self.out, self.model_dir, self.parent_meta, self.data = cfg, out, model_dir, parent_meta, data
+        self.held, self.before, self.t_start = held, before, t_start
+        self.robot = parent_meta.get("robot")
+
+    def batch(self, step: int) -> dict[str, Any]:
+        return strip_labels(self.data.train.sample(self.cfg.batch_size, np.random.default_rng([self.cfg.seed, 0, step])))
+
+    def evaluate(self, step: int, metrics: list[dict[str, float]]) -> tuple[dict[str, Any], dict[str, str]]:
+        rep = self.before if step == 0 else latent_report(self.trainer.model(), self.held)
+        row = self.row(step, metrics, heldout_latent=rep["latent_error_mean"])
+        return row, {"held-out": f"latent {row['heldout_latent']:.4f} (before {self.before['latent_error_mean']:.4f})"}
+
+    def finish(self, result: LoopResult) -> dict[str, Any]:
+        cfg, data, before, robot, parent_meta = self.cfg, self.data, self.before, self.robot, self.parent_meta
+        final_model = self.trainer.model()
+        after = latent_report(final_model, self.held)
+        report = {
+            "robot": robot,
+            "mode": cfg.mode,
+            "preset": cfg.preset,
+            "seed": cfg.seed,
+            "steps": cfg.steps,
+            "heldout_windows": before["windows"],
+            "latent_error_before": before["latent_error_mean"],
+            "latent_error_after": after["latent_error_mean"],
+            "latent_error_ratio": after["latent_error_mean"] / max(before["latent_error_mean"], 1e-30),
+            "latent_error_per_step_before": before["latent_error_per_step"],
+            "latent_error_per_step_after": after["latent_error_per_step"],
+            "latent_error_hold_still_per_step": before["latent_error_hold_still_per_step"],
+            "trainable_parameters": count_params(final_model, self.trainer.trainable_filter),
+            "parameters": count_params(final_model),
+            "residual_hidden": final_model.cfg.residual_hidden,
+            "real_data": data.info,
+            "parent_model": str(self.model_dir.resolve()),
+            "train_seconds_this_invocation": round(result.seconds, 2),
+            "wall_seconds_this_invocation": round(time.perf_counter() - self.t_start, 2),
+            "steps_per_second_this_invocation": round(result.steps_done / max(result.seconds, 1e-9), 1),
+        }
+        plot_before_after(report, self.out / "latent_error.png",
+                          f"{robot}: finetune ({cfg.mode}) on {data.info['seconds']:g} s of real data")
+        save_model(self.out, final_model, {
+            "robot": robot,
+            "source": "finetune",
+            "mode": cfg.mode,
+            "parent_model": str(self.model_dir.resolve()),
+            "parent_source": parent_meta.get("source"),
+            "real_data": data.info["path"],
+            "real_data_used": {k: data.info[k] for k in ("transitions", "episodes", "seconds", "max_transitions")},
+            "control_dt": parent_meta.get("control_dt", data.info["control_dt"]),
+            "finetune": to_dict(cfg),
+            **({"distill": parent_meta["distill"]} if "distill" in parent_meta else {}),
+            "heldout": {"latent_error_before": report["latent_error_before"],
+                        "latent_error_after": report["latent_error_after"]},
+        })
+        return report
 
 
 def finetune(
@@ -309,6 +323,7 @@ def finetune(
     *,
     show_progress: bool = True,
     stop_after: int | None = None,
+    fail_at: FailAt | None = None,
 ) -> FinetuneResult:
     """Finetune (or resume finetuning) the model in `model_dir` on the real data into `out`."""
     t_start = time.perf_counter()
@@ -321,7 +336,8 @@ def finetune(
     m = parent.cfg
     data = split_real_data(ds, m.history, m.horizon, heldout_fraction=cfg.heldout_fraction,
                            max_transitions=cfg.max_transitions, seed=cfg.seed)
-    _check_or_write_config(out, cfg, model_dir, real_data)
+    prepare_run_dir(out, {"finetune": to_dict(cfg), "model": str(model_dir.resolve()),
+                          "real_data": str(real_data.resolve())}, "finetune")
 
     model0, trainable = initial_model(parent, cfg)
     s = cfg.lr_scale
@@ -329,102 +345,9 @@ def finetune(
     trainer = WorldModelTrainer(model0, tx, trainable=trainable)
     held = eval_windows(data.heldout, cfg.eval_windows)
     before = latent_report(model0, held)
-
-    ckpts = Checkpoints(out / "checkpoints", max_to_keep=2)
-    start, state = latest_train_state(ckpts, TRAIN_STATE_KIND, to_dict(cfg), trainer.state_dict(), out / "checkpoints")
-    if state is not None:
-        trainer.load_state_dict(state)
-        if start < cfg.steps:
-            console.print(f"resuming finetune from step {start} of {cfg.steps}")
-    history_path = out / "history.jsonl"
-    history = truncate_history(history_path, start)
-
-    key = jax.random.key(cfg.seed)
-    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    done = 0
-    running: list[Any] = []
-    last_eval = ""
-    t0 = time.perf_counter()
-
-    def log_eval(step: int, train_loss: float | None, rep: dict[str, Any]) -> str:
-        row = {"step": step, "train_loss": train_loss, "heldout_latent": rep["latent_error_mean"],
-               "windows_per_s": done * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)}
-        history.append(row)
-        with history_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        return f"latent {row['heldout_latent']:.4f} (before {before['latent_error_mean']:.4f})"
-
-    if start == 0 and not history:
-        log_eval(0, None, before)  # the parent model: the reference point of the learning curve
-    t0 = time.perf_counter()
-    with progress_bar(f"finetune {robot} ({cfg.mode})", cfg.steps, show_progress) as update:
-        update(advance=start)
-        for step in range(start + 1, end + 1):
-            batch = strip_labels(data.train.sample(cfg.batch_size, np.random.default_rng([cfg.seed, 0, step])))
-            metrics = trainer.step(batch, jax.random.fold_in(key, step))
-            running.append(metrics["loss"])
-            done += 1
-            is_eval = step % cfg.eval_every == 0 or step == end
-            is_ckpt = step % cfg.checkpoint_every == 0 or step == end
-            if is_eval or is_ckpt:
-                losses = np.asarray(jax.device_get(running), np.float64)
-                running = []
-                if not np.all(np.isfinite(losses)):
-                    raise TrainingDivergedError(
-                        f"finetune diverged (non-finite loss) before step {step}; the last good checkpoint "
-                        f"(step {ckpts.latest_step() or 0}) is kept in {out}/checkpoints; try a lower lr_peak")
-                if is_eval:
-                    last_eval = log_eval(step, float(losses.mean()) if len(losses) else None,
-                                         latent_report(trainer.model(), held))
-            if is_ckpt:
-                ckpts.save(step, trainer.state_dict(), {"kind": TRAIN_STATE_KIND, "config": to_dict(cfg),
-                                                        "robot": robot, "step": step})
-            update(advance=1, **({"held-out": last_eval} if last_eval else {}))
-    seconds = time.perf_counter() - t0
-    ckpts.close()
-    reached = trainer.steps
-    if reached < cfg.steps:
-        return FinetuneResult(out, start, reached, None, seconds)
-
-    final_model = trainer.model()
-    after = latent_report(final_model, held)
-    report = {
-        "robot": robot,
-        "mode": cfg.mode,
-        "preset": cfg.preset,
-        "seed": cfg.seed,
-        "steps": cfg.steps,
-        "heldout_windows": before["windows"],
-        "latent_error_before": before["latent_error_mean"],
-        "latent_error_after": after["latent_error_mean"],
-        "latent_error_ratio": after["latent_error_mean"] / max(before["latent_error_mean"], 1e-30),
-        "latent_error_per_step_before": before["latent_error_per_step"],
-        "latent_error_per_step_after": after["latent_error_per_step"],
-        "latent_error_hold_still_per_step": before["latent_error_hold_still_per_step"],
-        "trainable_parameters": count_params(final_model, trainable),
-        "parameters": count_params(final_model),
-        "residual_hidden": final_model.cfg.residual_hidden,
-        "real_data": data.info,
-        "parent_model": str(model_dir.resolve()),
-        "train_seconds_this_invocation": round(seconds, 2),
-        "wall_seconds_this_invocation": round(time.perf_counter() - t_start, 2),
-        "steps_per_second_this_invocation": round(done / max(seconds, 1e-9), 1),
-    }
-    write_json(out / "metrics.json", report)
-    plot_before_after(report, out / "latent_error.png",
-                      f"{robot}: finetune ({cfg.mode}) on {data.info['seconds']:g} s of real data")
-    save_model(out, final_model, {
-        "robot": robot,
-        "source": "finetune",
-        "mode": cfg.mode,
-        "parent_model": str(model_dir.resolve()),
-        "parent_source": parent_meta.get("source"),
-        "real_data": data.info["path"],
-        "real_data_used": {k: data.info[k] for k in ("transitions", "episodes", "seconds", "max_transitions")},
-        "control_dt": parent_meta.get("control_dt", data.info["control_dt"]),
-        "finetune": to_dict(cfg),
-        **({"distill": parent_meta["distill"]} if "distill" in parent_meta else {}),
-        "heldout": {"latent_error_before": report["latent_error_before"],
-                    "latent_error_after": report["latent_error_after"]},
-    })
-    return FinetuneResult(out, start, reached, report, seconds)
+    stage = _FinetuneStage(cfg, out, model_dir, parent_meta, data, trainer, held, before, t_start)
+    spec = RunSpec(out, f"finetune {robot} ({cfg.mode})", TRAIN_STATE_KIND, to_dict(cfg), cfg.steps,
+                   cfg.checkpoint_every, eval_every=cfg.eval_every, eval_at_start=True, meta={"robot": robot},
+                   diverged_hint="; try a lower lr_peak")
+    res = run(spec, stage, show_progress=show_progress, stop_after=stop_after, fail_at=fail_at)
+    return FinetuneResult(out, res.started_at, trainer.steps, res.metrics, res.seconds)

@@ -11,7 +11,6 @@ Run directory layout (OUT):
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from simdist.checkpointing import Checkpoints
-from simdist.config import to_dict, with_overrides, write_json
+from simdist.config import to_dict, with_overrides
 from simdist.envs import MjxEnv
-from simdist.errors import CheckpointError, TrainingDivergedError
-from simdist.progress import console, progress_bar
+from simdist.errors import CheckpointError
 from simdist.rl.config import ExpertConfig
 from simdist.rl.policy import SNAPSHOT_KIND, load_expert, read_run_config, snapshot_state
 from simdist.rl.ppo import PPO, TrainState, make_evaluator, random_action, snapshot_action
 from simdist.robots import get_robot
-from simdist.runlog import save_figure, truncate_history
+from simdist.runlog import save_figure
+from simdist.training import FailAt, LoopResult, RunSpec, Stage, prepare_run_dir, run
 
 TRAIN_STATE_KIND = "ppo_train_state"
 
@@ -47,24 +45,6 @@ class TrainResult:
 def make_config(robot: str, preset: str, seed: int, overrides: dict[str, Any] | None = None) -> ExpertConfig:
     cfg = get_robot(robot).expert_config(preset, seed)
     return with_overrides(cfg, overrides or {})
-
-
-def _check_or_write_config(out: Path, cfg: ExpertConfig) -> None:
-    path = out / "config.json"
-    if path.exists():
-        stored = read_run_config(out)
-        if stored.robot != cfg.robot:
-            raise CheckpointError(
-                f"{out} holds a run for robot '{stored.robot}', not '{cfg.robot}'; choose another --out"
-            )
-        if to_dict(stored) != to_dict(cfg):
-            raise CheckpointError(
-                f"{out} holds a run with another config (preset '{stored.preset}', seed {stored.seed}); "
-                "resume it with the same options or choose another --out"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(path, to_dict(cfg))
 
 
 def _train_state_payload(ts: TrainState) -> dict[str, Any]:
@@ -138,100 +118,94 @@ def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+class _ExpertStage(Stage):
+    """PPO iterations; a history row per iteration; policy snapshots at the config's iterations."""
+
+    def __init__(self, cfg: ExpertConfig, out: Path, env: MjxEnv, ppo: PPO, ts: TrainState):
+        self.cfg, self.out, self.env, self.ppo, self.ts = cfg, out, env, ppo, ts
+        self.meta = {"config": to_dict(cfg), "robot": cfg.robot}
+        self.env_state = None
+        self.last_return = float("nan")
+        self.t_start = self.t_step = time.perf_counter()
+        self.steps_done = 0
+
+    def state(self) -> dict[str, Any]:
+        return _train_state_payload(self.ts)
+
+    def load(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        self.ts = _from_payload(state)
+        self.last_return = next((r["episode_return"] for r in reversed(history) if r.get("episodes", 0) > 0),
+                                float("nan"))
+
+    def step(self, it: int) -> dict[str, Any]:
+        if self.env_state is None:  # the envs restart at every invocation, seeded by where it starts
+            self.env_state = self.ppo.reset_envs(jax.random.fold_in(jax.random.key(self.cfg.seed + 1), it - 1))
+            self.t_start = time.perf_counter()
+        self.t_step = time.perf_counter()
+        self.ts, self.env_state, m = self.ppo.train_iteration(self.ts, self.env_state)
+        m["params_finite"] = jnp.where(m["params_finite"] < 1.0, jnp.nan, 1.0)  # a non-finite metric stops
+        self.steps_done += self.cfg.ppo.steps_per_iteration
+        return m
+
+    def evaluate(self, it: int, metrics: list[dict[str, float]]) -> tuple[dict[str, Any], dict[str, str]]:
+        m = {k: v for k, v in metrics[-1].items() if k != "params_finite"}
+        if m["episodes"] > 0:
+            self.last_return = m["episode_return"]
+        steps = self.cfg.ppo.steps_per_iteration
+        row = dict(m, iteration=it, env_steps=it * steps, wall_s=time.perf_counter() - self.t_step)
+        sps = self.steps_done / max(time.perf_counter() - self.t_start, 1e-9)
+        return row, {"return": f"{self.last_return:7.2f}", "steps/s": f"{sps:9,.0f}"}
+
+    def snapshot(self, it: int) -> tuple[Any, dict[str, Any]]:
+        p = self.cfg.ppo
+        ret = self.last_return if np.isfinite(self.last_return) else None
+        meta = dict(self.meta, kind=SNAPSHOT_KIND, iteration=it, env_steps=it * p.steps_per_iteration,
+                    final=it == p.num_iterations, train_return=ret)
+        return snapshot_state(self.ts.params, self.ts.obs_stats), meta
+
+    def finish(self, result: LoopResult) -> dict[str, Any]:
+        cfg, p = self.cfg, self.cfg.ppo
+        metrics = evaluate_expert_and_random(self.env, self.ppo, self.ts, p.eval_envs, cfg.seed)
+        metrics.update(
+            robot=cfg.robot,
+            preset=cfg.preset,
+            seed=cfg.seed,
+            iterations=p.num_iterations,
+            env_steps=p.total_steps,
+            snapshots=sorted(p.snapshot_iterations()),
+            train_seconds_this_invocation=round(result.seconds, 2),
+            train_steps_per_second_this_invocation=round(result.steps_done * p.steps_per_iteration
+                                                         / max(result.seconds, 1e-9), 1),
+        )
+        plot_history(result.history, self.out / "training_curve.png", f"{cfg.robot} expert ({cfg.preset})")
+        return metrics
+
+
 def train_expert(
     cfg: ExpertConfig,
     out: Path,
     *,
     show_progress: bool = True,
     stop_after: int | None = None,
+    fail_at: FailAt | None = None,
 ) -> TrainResult:
     """Train (or resume) an expert into `out`. `stop_after` ends this invocation after that
-    many iterations without finishing the run (used to test resumption)."""
+    many iterations without finishing the run (used to test resumption); `fail_at` is the
+    training loop's kill hook (tests)."""
     out = Path(out)
     robot = get_robot(cfg.robot)
     env = MjxEnv(robot.make_task(cfg.env))
     ppo = PPO(env, cfg.ppo, seed=cfg.seed)
     pcfg = cfg.ppo
-    meta_base = {"config": to_dict(cfg), "robot": cfg.robot}
 
     ts = ppo.init(jax.random.key(cfg.seed))
     ckpt_dir = out / "checkpoints"
     if cfg.init_from is not None and not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
         ts = _init_from(ts, ppo, cfg)  # a bad source fails here, before the run directory exists
-    _check_or_write_config(out, cfg)
-    ckpts = Checkpoints(out / "checkpoints", max_to_keep=2)
-    snaps = Checkpoints(out / "snapshots")
-    start = ckpts.latest_step() or 0
-    if start:
-        meta = ckpts.meta(start)
-        if meta.get("kind") != TRAIN_STATE_KIND or meta.get("config") != to_dict(cfg):
-            raise CheckpointError(f"{out}/checkpoints/{start} does not belong to this run's config")
-        ts = _from_payload(ckpts.restore(start, _train_state_payload(ts)))
-        if start >= pcfg.num_iterations:
-            console.print(f"{out} is already fully trained ({start} iterations); evaluating it again")
-        else:
-            console.print(f"resuming {cfg.robot} expert from iteration {start} of {pcfg.num_iterations}")
-    history_path = out / "history.jsonl"
-    history = truncate_history(history_path, start, key="iteration")
-
-    snapshot_its = set(pcfg.snapshot_iterations())
-
-    def save_snapshot(it: int, ret: float | None) -> None:
-        meta = dict(meta_base, kind=SNAPSHOT_KIND, iteration=it, env_steps=it * pcfg.steps_per_iteration,
-                    final=it == pcfg.num_iterations, train_return=ret)
-        snaps.save(it, snapshot_state(ts.params, ts.obs_stats), meta)
-
-    if 0 in snapshot_its and 0 not in snaps.steps():
-        save_snapshot(0, None)
-
-    env_state = ppo.reset_envs(jax.random.fold_in(jax.random.key(cfg.seed + 1), start))
-    end = pcfg.num_iterations if stop_after is None else min(pcfg.num_iterations, start + stop_after)
-    last_return = history[-1]["episode_return"] if history and history[-1].get("episodes", 0) else float("nan")
-    t_start = time.perf_counter()
-    steps_done = 0
-    with progress_bar(f"train-expert {cfg.robot}", pcfg.num_iterations, show_progress) as update:
-        update(advance=start)
-        for it in range(start + 1, end + 1):
-            t0 = time.perf_counter()
-            new_ts, env_state, m = ppo.train_iteration(ts, env_state)
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            if not all(np.isfinite(v) for v in m.values()) or m.pop("params_finite") < 1.0:
-                raise TrainingDivergedError(
-                    f"training diverged (non-finite loss) at iteration {it}; the last good checkpoint "
-                    f"(iteration {ckpts.latest_step() or 0}) is kept in {out}/checkpoints"
-                )
-            ts = new_ts
-            steps_done += pcfg.steps_per_iteration
-            if m["episodes"] > 0:
-                last_return = m["episode_return"]
-            row = dict(m, iteration=it, env_steps=it * pcfg.steps_per_iteration, wall_s=time.perf_counter() - t0)
-            history.append(row)
-            with history_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            if it in snapshot_its:
-                save_snapshot(it, last_return if np.isfinite(last_return) else None)
-            if it % pcfg.checkpoint_every == 0 or it == end:
-                ckpts.save(it, _train_state_payload(ts), dict(meta_base, kind=TRAIN_STATE_KIND, iteration=it))
-            sps = steps_done / max(time.perf_counter() - t_start, 1e-9)
-            update(advance=1, **{"return": f"{last_return:7.2f}", "steps/s": f"{sps:9,.0f}"})
-    train_seconds = time.perf_counter() - t_start
-    ckpts.close()
-    snaps.close()
-    it_reached = int(ts.iteration)
-    if it_reached < pcfg.num_iterations:
-        return TrainResult(out, start, it_reached, None)
-
-    metrics = evaluate_expert_and_random(env, ppo, ts, pcfg.eval_envs, cfg.seed)
-    metrics.update(
-        robot=cfg.robot,
-        preset=cfg.preset,
-        seed=cfg.seed,
-        iterations=pcfg.num_iterations,
-        env_steps=pcfg.total_steps,
-        snapshots=sorted(snapshot_its),
-        train_seconds_this_invocation=round(train_seconds, 2),
-        train_steps_per_second_this_invocation=round(steps_done / max(train_seconds, 1e-9), 1),
-    )
-    write_json(out / "metrics.json", metrics)
-    plot_history(history, out / "training_curve.png", f"{cfg.robot} expert ({cfg.preset})")
-    return TrainResult(out, start, it_reached, metrics)
+    prepare_run_dir(out, to_dict(cfg), "train-expert", read=lambda _: to_dict(read_run_config(out)))
+    stage = _ExpertStage(cfg, out, env, ppo, ts)
+    spec = RunSpec(out, f"train-expert {cfg.robot}", TRAIN_STATE_KIND, to_dict(cfg), pcfg.num_iterations,
+                   pcfg.checkpoint_every, step_key="iteration", meta={"robot": cfg.robot},
+                   snapshot_steps=frozenset(pcfg.snapshot_iterations()))
+    res = run(spec, stage, show_progress=show_progress, stop_after=stop_after, fail_at=fail_at)
+    return TrainResult(out, res.started_at, int(stage.ts.iteration), res.metrics)

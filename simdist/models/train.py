@@ -8,6 +8,7 @@ step `(trainable, frozen, opt_state, batch, key) -> (trainable, opt_state, metri
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import jax
@@ -18,6 +19,7 @@ from flax import nnx
 
 from simdist.errors import ConfigError
 from simdist.models.world_model import WorldModel, add_r2, world_model_loss
+from simdist.training import Stage
 
 
 def make_schedule(lr_peak: float, lr_final: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
@@ -140,3 +142,36 @@ class WorldModelTrainer:
             )
         self.opt_state = jax.tree.unflatten(treedef, leaves)
         self.steps = int(np.asarray(state["step"]))
+
+
+class WorldModelStage(Stage):
+    """A training-loop stage of a WorldModelTrainer: step k trains on `batch(k)` with the key
+    fold_in(key(seed), k), so a resumed run draws what an uninterrupted one draws. Subclasses
+    (distill, finetune) supply `batch`, `evaluate` and `finish`."""
+
+    def __init__(self, trainer: WorldModelTrainer, seed: int, batch_size: int):
+        self.trainer, self.batch_size = trainer, batch_size
+        self.key = jax.random.key(seed)
+        self.t0, self.done = time.perf_counter(), 0
+
+    def batch(self, step: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        return self.trainer.state_dict()
+
+    def load(self, state: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        self.trainer.load_state_dict(state)
+
+    def step(self, step: int) -> dict[str, Any]:
+        if self.done == 0:
+            self.t0 = time.perf_counter()
+        batch = self.batch(step)
+        self.done += 1
+        return {"loss": self.trainer.step(batch, jax.random.fold_in(self.key, step))["loss"]}
+
+    def row(self, step: int, metrics: list[dict[str, float]], **heldout: float) -> dict[str, Any]:
+        """A history row: the step, the mean training loss since the last evaluation, `heldout`."""
+        loss = float(np.mean([m["loss"] for m in metrics])) if metrics else None
+        rate = self.done * self.batch_size / max(time.perf_counter() - self.t0, 1e-9)
+        return {"step": step, "train_loss": loss, **heldout, "windows_per_s": rate}
