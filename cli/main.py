@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from simdist.errors import SimdistError
+from simdist.errors import SimdistError, short_reason
+from simdist.paths import check_output_dir, check_output_file, make_output_dir
 
 app = typer.Typer(
     name="simdist",
@@ -27,9 +30,29 @@ PresetOpt = typer.Option("default", "--preset", "-p", help="Config preset: tiny 
 SeedOpt = typer.Option(0, "--seed", help="Random seed.")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+class _Interrupted(Exception):
+    """Ctrl-C, as one line saying what was kept. Typer turns a KeyboardInterrupt into a silent
+    exit 130, so commands raise this instead and `main` prints it."""
+
+
+def _on_interrupt(kept: str):
+    """Decorate a command: a Ctrl-C (the first, or another one during the cleanup that the
+    first started) ends it with "interrupted; KEPT" and exit code 130."""
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapped(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise _Interrupted(kept) from None
+
+        return wrapped
+
+    return decorate
+
+
+_RESUME = "checkpoints saved so far are kept; run the same command again to resume"
 
 
 def _parse_set(items: list[str], flag: str = "--set") -> dict:
@@ -50,6 +73,7 @@ def _parse_set(items: list[str], flag: str = "--set") -> dict:
 
 
 @app.command("train-expert")
+@_on_interrupt("checkpoints and snapshots saved so far are kept; run the same command again to resume")
 def train_expert_cmd(
     robot: str = RobotOpt,
     preset: str = PresetOpt,
@@ -71,7 +95,7 @@ def train_expert_cmd(
     cfg = make_config(robot, preset, seed, _parse_set(set_))
     if init_from is not None:
         cfg = dataclasses.replace(cfg, init_from=str(init_from.resolve()))
-    out = out or Path("runs") / robot / "expert"
+    out = check_output_dir(out or Path("runs") / robot / "expert", "--out", not_a_dataset=True)
     result = train_expert(cfg, out, show_progress=progress)
     m = result.metrics
     typer.echo(
@@ -84,6 +108,7 @@ def train_expert_cmd(
 
 
 @app.command("eval-expert")
+@_on_interrupt("no report was written")
 def eval_expert_cmd(
     expert: Path = typer.Option(..., "--expert", "-e", help="A train-expert run directory."),
     robot: Optional[str] = typer.Option(None, "--robot", "-r", help="Check the expert is for this robot."),
@@ -106,6 +131,7 @@ def eval_expert_cmd(
     """
     from simdist.pipelines.eval_expert import eval_expert, format_table, parse_command
 
+    check_output_file(json_out if json_out is not None else expert / "eval.json", "--json")
     res = eval_expert(expert, robot, episodes=episodes, command=parse_command(command),
                       snapshots="all" if last is None else last, seed=seed, randomize=randomize,
                       random_baseline=baseline, env_overrides=_parse_set(set_), out=json_out)
@@ -114,6 +140,7 @@ def eval_expert_cmd(
 
 
 @app.command("generate-data")
+@_on_interrupt("the dataset holds whole episodes only; run the same command again to continue it")
 def generate_data_cmd(
     robot: str = RobotOpt,
     preset: str = PresetOpt,
@@ -138,7 +165,7 @@ def generate_data_cmd(
     if env_set:
         cfg = dataclasses.replace(cfg, env_overrides=tuple(_parse_set(env_set, "--env-set").items()))
     expert = expert or Path("runs") / robot / "expert"
-    out = out or Path("runs") / robot / "data"
+    out = check_output_dir(out or Path("runs") / robot / "data", "--out")
     result = generate_data(cfg, expert, out, show_progress=progress)
     if result.added_transitions:
         typer.echo(f"added {result.added_transitions:,} transitions in {result.seconds:.1f} s "
@@ -147,6 +174,7 @@ def generate_data_cmd(
 
 
 @app.command("distill")
+@_on_interrupt(_RESUME)
 def distill_cmd(
     robot: str = RobotOpt,
     preset: str = PresetOpt,
@@ -166,7 +194,7 @@ def distill_cmd(
 
     cfg = make_config(robot, preset, seed, _parse_set(set_))
     data = data or Path("runs") / robot / "data"
-    out = out or Path("runs") / robot / "model"
+    out = check_output_dir(out or Path("runs") / robot / "model", "--out", not_a_dataset=True)
     result = distill(cfg, data, out, show_progress=progress)
     r = result.metrics
     k = cfg.r2_steps
@@ -187,6 +215,7 @@ app.add_typer(data_app, name="data")
 
 
 @data_app.command("info")
+@_on_interrupt("nothing was written")
 def data_info_cmd(
     path: Path = typer.Argument(..., help="A simdist dataset (generate-data or deploy --record)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Read every chunk once to check its "
@@ -199,6 +228,7 @@ def data_info_cmd(
 
 
 @app.command("finetune")
+@_on_interrupt(_RESUME)
 def finetune_cmd(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="A model directory (distill or finetune "
                                          "output) [default: the real data's robot's shipped model]."),
@@ -217,6 +247,7 @@ def finetune_cmd(
     """
     from simdist.pipelines.finetune import finetune, make_config
 
+    check_output_dir(out, "--out", not_a_dataset=True)
     cfg = make_config(preset, seed, mode, _parse_set(set_))
     if model is None:
         from simdist.data.dataset import Dataset
@@ -240,7 +271,37 @@ def finetune_cmd(
     typer.echo(f"saved to {out}  (model.json, weights/, metrics.json)")
 
 
+def _print_deploy(res, episodes: int, record: Optional[Path]) -> None:
+    """Per-episode lines and the summary of a deploy run (of its finished episodes when it
+    stopped early)."""
+    import numpy as np
+
+    for i, (ret, steps) in enumerate(zip(res.returns, res.steps)):
+        shown = "n/a" if ret is None else f"{ret:8.2f}"
+        typer.echo(f"episode {i + 1:3d}: return {shown}  ({steps} steps)")
+    rets = [r for r in res.returns if r is not None]
+    if rets:
+        typer.echo(f"return {sum(rets) / len(rets):.2f} ± {float(np.std(rets)):.2f} over {len(rets)} episodes"
+                   + (f" ({len(res.steps)} of {episodes} finished)" if len(res.steps) < episodes else ""))
+    for name, m in res.metrics.items():
+        typer.echo(f"{name} {m['mean']:.3f} ± {m['std']:.3f} over {m['n']} episodes")
+    if res.safety_stops:
+        reasons = sorted({r.safety_stop for r in res.episodes if r.safety_stop})
+        typer.echo(f"safety stops: {res.safety_stops} of {len(res.episodes)} episodes ({'; '.join(reasons)})")
+    diags = [r.controller_diag for r in res.episodes if "mean_std_max" in r.controller_diag]
+    if diags:  # the planner's own view: elites that stop agreeing show as a jump of their std
+        typer.echo(f"planner: elite std {np.mean([d['mean_std_mean'] for d in diags]):.2f} on average, "
+                   f"up to {max(d['mean_std_max'] for d in diags):.2f}; predicted return of the best plan "
+                   f"{np.mean([d['best_return_mean'] for d in diags]):.2f} on average, "
+                   f"down to {min(d['best_return_min'] for d in diags):.2f}")
+    lat = res.latency_ms
+    typer.echo(f"controller latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; missed deadlines {res.missed_deadlines}")
+    if record is not None:
+        typer.echo(f"recorded {res.recorded_transitions:,} steps to {record}")
+
+
 @app.command("deploy")
+@_on_interrupt("deploy stopped; episodes recorded so far are saved whole")
 def deploy_cmd(
     robot: str = RobotOpt,
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="World-model directory: plan with MPPI."),
@@ -268,10 +329,12 @@ def deploy_cmd(
     backend the reported return comes from the simulator's ground truth, for evaluation
     only; the planner never sees it.
     """
-    import numpy as np
+    from simdist.pipelines.deploy import DeployConfig, DeployInterrupted, deploy
 
-    from simdist.pipelines.deploy import DeployConfig, deploy
-
+    if record is not None:
+        check_output_dir(record, "--record")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     if model is not None and expert is not None:
         raise SimdistError("give exactly one of --model (planner) or --expert (expert policy)")
     if model is None and expert is None:
@@ -285,34 +348,22 @@ def deploy_cmd(
                        mppi_horizon=mppi_horizon, mppi_overrides=tuple(_parse_set(mppi_set, "--mppi-set").items()),
                        backend=backend,
                        gap=gap, mode=mode, seed=seed)
-    res = deploy(cfg, model_dir=model, expert_dir=expert, record=record, show_progress=progress)
-    for i, (ret, steps) in enumerate(zip(res.returns, res.steps)):
-        shown = "n/a" if ret is None else f"{ret:8.2f}"
-        typer.echo(f"episode {i + 1:3d}: return {shown}  ({steps} steps)")
-    rets = [r for r in res.returns if r is not None]
-    if rets:
-        typer.echo(f"return {sum(rets) / len(rets):.2f} ± {float(np.std(rets)):.2f} over {len(rets)} episodes")
-    for name, m in res.metrics.items():
-        typer.echo(f"{name} {m['mean']:.3f} ± {m['std']:.3f} over {m['n']} episodes")
-    if res.safety_stops:
-        reasons = sorted({r.safety_stop for r in res.episodes if r.safety_stop})
-        typer.echo(f"safety stops: {res.safety_stops} of {len(res.episodes)} episodes ({'; '.join(reasons)})")
-    diags = [r.controller_diag for r in res.episodes if "mean_std_max" in r.controller_diag]
-    if diags:  # the planner's own view: elites that stop agreeing show as a jump of their std
-        typer.echo(f"planner: elite std {np.mean([d['mean_std_mean'] for d in diags]):.2f} on average, "
-                   f"up to {max(d['mean_std_max'] for d in diags):.2f}; predicted return of the best plan "
-                   f"{np.mean([d['best_return_mean'] for d in diags]):.2f} on average, "
-                   f"down to {min(d['best_return_min'] for d in diags):.2f}")
-    lat = res.latency_ms
-    typer.echo(f"controller latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; missed deadlines {res.missed_deadlines}")
-    if record is not None:
-        typer.echo(f"recorded {res.recorded_transitions:,} steps to {record}")
+    try:
+        res = deploy(cfg, model_dir=model, expert_dir=expert, record=record, show_progress=progress)
+    except DeployInterrupted as e:  # the finished episodes, then what was kept
+        _print_deploy(e.partial_result, cfg.episodes, record)
+        raise _Interrupted(str(e)) from None
+    except SimdistError as e:
+        if getattr(e, "partial_result", None) is not None and e.partial_result.episodes:
+            _print_deploy(e.partial_result, cfg.episodes, record)
+        raise
+    _print_deploy(res, cfg.episodes, record)
     if json_out is not None:
         import dataclasses
 
         from simdist.config import write_json
 
-        json_out.parent.mkdir(parents=True, exist_ok=True)
+        make_output_dir(json_out.parent, "--json")
         report = {"config": dataclasses.asdict(cfg), "model": None if model is None else str(model),
                   "expert": None if expert is None else str(expert), **res.to_dict()}
         write_json(json_out, report)
@@ -320,6 +371,7 @@ def deploy_cmd(
 
 
 @app.command("export")
+@_on_interrupt("the export directory is unchanged")
 def export_cmd(
     robot: str = RobotOpt,
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="World-model directory (distill or finetune output)."),
@@ -331,6 +383,9 @@ def export_cmd(
     configs only, checked to load. This is how robots/<robot>/pretrained is made."""
     from simdist.pipelines.export import export
 
+    check_output_dir(out, "--out")
+    if out.exists():  # replaced by a rename in its folder
+        check_output_dir(out.absolute().parent, "--out's folder")
     info = export(robot, out, model_dir=model, expert_dir=expert, overwrite=overwrite)
     for kind in ("model", "expert"):
         if kind in info:
@@ -338,6 +393,7 @@ def export_cmd(
 
 
 @app.command("demo")
+@_on_interrupt("finished stages are kept; run the same command again to continue")
 def demo_cmd(
     robot: str = RobotOpt,
     preset: str = PresetOpt,
@@ -350,8 +406,8 @@ def demo_cmd(
     robot, finetuning in both modes on growing amounts of real data, deploy again; one table."""
     from simdist.pipelines.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(robot=robot, preset=preset, seed=seed, gap=gap), out or Path("runs") / "demo" / robot,
-             show_progress=progress)
+    out = check_output_dir(out or Path("runs") / "demo" / robot, "--out", not_a_dataset=True)
+    run_demo(DemoConfig(robot=robot, preset=preset, seed=seed, gap=gap), out, show_progress=progress)
 
 
 @app.command("robots")
@@ -401,8 +457,14 @@ def main() -> None:
     except SimdistError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; run the same command again to resume", err=True)
+    except OSError as e:  # a file-system failure that no check caught: one line, not a traceback
+        typer.echo(f"error: {short_reason(e)}", err=True)
+        sys.exit(1)
+    except (_Interrupted, KeyboardInterrupt) as e:
+        # Another Ctrl-C from here on would only cut this line or the exit's cleanup.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        kept = str(e) if isinstance(e, _Interrupted) else "run the same command again to resume"
+        typer.echo(f"interrupted; {kept}", err=True)
         sys.exit(130)
 
 

@@ -26,8 +26,11 @@ it ends, with policy = -1 and terminated = 1 when the robot's safety stop ended 
 Safety: on any exception from the controller or the loop (including the planner's NaN
 PlannerError) or KeyboardInterrupt, the robot is stopped first; then every finished episode
 and the partial one recorded so far (real data, marked terminated = 1) are saved, the dataset
-is closed, and the error is re-raised as a one-line PlannerError (a SimdistError goes through
-as it is; KeyboardInterrupt stays a KeyboardInterrupt).
+is closed, and the error is re-raised as a one-line PlannerError (a SimdistError keeps its
+type), or, for a Ctrl-C, as `DeployInterrupted` (a KeyboardInterrupt). Either carries the
+finished episodes as a `DeployResult` in `.partial_result`, so the caller can still report
+them. Appending an episode and saving the partial one postpone Ctrl-C until they are done
+(`simdist.progress.deferred_interrupt`): a second Ctrl-C never cuts the recorded data.
 """
 
 from __future__ import annotations
@@ -43,10 +46,10 @@ import numpy as np
 from simdist.backends import make_backend
 from simdist.config import replace_checked
 from simdist.data.dataset import Dataset, DatasetSpec
-from simdist.errors import CheckpointError, ConfigError, PlannerError, SimdistError
+from simdist.errors import CheckpointError, ConfigError, PlannerError, SimdistError, short_reason
 from simdist.planning.controller import Controller, ExpertController, PlannerController
 from simdist.planning.mppi import MPPIConfig, get_preset
-from simdist.progress import progress_bar
+from simdist.progress import deferred_interrupt, progress_bar
 from simdist.robots import get_robot
 
 REAL_POLICY = -1  # the `policy` column of real-robot episodes
@@ -189,7 +192,7 @@ def make_controller(cfg: DeployConfig, spec, *, model_dir: Path | None = None,
                 f"{(m.obs_size, m.action_size, m.command_size)}, the robot has {want}"
             )
         try:
-            mppi = get_preset(cfg.mppi)
+            mppi = get_preset(cfg.mppi, cfg.robot)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         overrides = dict(cfg.mppi_overrides)
@@ -211,7 +214,16 @@ def make_controller(cfg: DeployConfig, spec, *, model_dir: Path | None = None,
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    return short_reason(e, with_type=False)
+
+
+class DeployInterrupted(KeyboardInterrupt):
+    """Ctrl-C during deploy, after the robot was stopped and the recorded data saved. str():
+    where it stopped and what was saved, one line; `partial_result`: the finished episodes."""
+
+    def __init__(self, message: str, partial_result: DeployResult):
+        super().__init__(message)
+        self.partial_result = partial_result
 
 
 class _Recorder:
@@ -251,11 +263,11 @@ class _Recorder:
 
     def end_episode(self, terminated: bool) -> None:
         """Append the running episode (if it has any row) and start a new one."""
-        n = len(self.obs)
+        n = min(len(self.obs), len(self.act), len(self.cmd))  # a Ctrl-C may land inside `add`
         if self.ds is not None and n > 0:
-            steps = {"obs": np.stack(self.obs), "action": np.stack(self.act)}
+            steps = {"obs": np.stack(self.obs[:n]), "action": np.stack(self.act[:n])}
             if self.spec.command_size > 0:
-                steps["command"] = np.stack(self.cmd)
+                steps["command"] = np.stack(self.cmd[:n])
             self.ds.append_episodes(steps, np.array([n]), np.array([REAL_POLICY]), np.array([int(terminated)]))
             self.transitions += n
             self.episodes += 1
@@ -350,25 +362,27 @@ def deploy(
                     all_times.extend(times)
                     raise
                 all_times.extend(times)
-                safety = backend.done()
-                stats = backend.stats
-                recorder.end_episode(terminated=safety)
-                ret = probe.episode_return if probe is not None else None
-                metrics = probe.episode_metrics() if probe is not None else {}
-                reports.append(EpisodeReport(
-                    episode=ep,
-                    seed=seed,
-                    steps=steps,
-                    ground_truth_return=ret,
-                    latency_mean_ms=float(np.mean(times)) if times else float("nan"),
-                    latency_max_ms=float(np.max(times)) if times else float("nan"),
-                    missed_deadlines=int(stats.get("missed_deadlines", 0)),
-                    safety_stop=stats.get("stop_reason") if safety else None,
-                    metrics=metrics,
-                    controller_diag=summarise_diag(diags),
-                ))
-                result.returns.append(ret)
-                result.steps.append(steps)
+                # Append the episode whole and report it; a Ctrl-C meanwhile counts after.
+                with deferred_interrupt():
+                    safety = backend.done()
+                    stats = backend.stats
+                    recorder.end_episode(terminated=safety)
+                    ret = probe.episode_return if probe is not None else None
+                    metrics = probe.episode_metrics() if probe is not None else {}
+                    reports.append(EpisodeReport(
+                        episode=ep,
+                        seed=seed,
+                        steps=steps,
+                        ground_truth_return=ret,
+                        latency_mean_ms=float(np.mean(times)) if times else float("nan"),
+                        latency_max_ms=float(np.max(times)) if times else float("nan"),
+                        missed_deadlines=int(stats.get("missed_deadlines", 0)),
+                        safety_stop=stats.get("stop_reason") if safety else None,
+                        metrics=metrics,
+                        controller_diag=summarise_diag(diags),
+                    ))
+                    result.returns.append(ret)
+                    result.steps.append(steps)
                 fields = {"steps": steps, "p50 ms": f"{np.percentile(times, 50):.2f}" if times else "-"}
                 if ret is not None:
                     fields["return"] = f"{ret:.2f}"
@@ -377,37 +391,55 @@ def deploy(
                 update(advance=1, **fields)
     except BaseException as e:
         # The robot is already stopped (and closed by `with backend`). Save the partial
-        # episode, which is real data, then the error goes up as one line.
-        save_error = None
-        partial = len(recorder.obs)
-        try:
-            recorder.end_episode(terminated=True)
-        except Exception as se:  # noqa: BLE001 - reported below, must not hide `e`
-            save_error = se
-        finally:
-            recorder.close()
-            finish()
-        result.stopped_early = _one_line(e)
-        if not isinstance(e, (Exception, KeyboardInterrupt)):
-            raise
-        what = "interrupted (KeyboardInterrupt)" if isinstance(e, KeyboardInterrupt) else _one_line(e)
-        where = f"deploy episode {len(reports) + 1} of {cfg.episodes}: robot stopped"
-        if recorder.ds is not None:
-            where += f"; saved {recorder.episodes} episode(s), {recorder.transitions} transitions"
-            if partial and save_error is None:
-                where += f" (the last one partial, {partial} steps)"
-            where += f" to {recorder.path}"
-        if save_error is not None:
-            where += f"; saving the partial episode FAILED: {_one_line(save_error)}"
-        if isinstance(e, SimdistError):
-            try:
-                err = type(e)(f"{what} [{where}]")
-            except Exception:  # noqa: BLE001 - an exotic subclass: let the original through
-                raise e from None
+        # episode, which is real data, then the error goes up as one line. A second Ctrl-C
+        # meanwhile waits until the data is saved.
+        with deferred_interrupt(reraise=False):
+            err = _saved_and_explained(e, cfg, recorder, reports, result, finish)
+            if err is e:
+                raise
             raise err from e
-        if isinstance(e, KeyboardInterrupt):
-            raise PlannerError(f"deploy {what} [{where}]") from e
-        raise PlannerError(f"{type(e).__name__} in deploy: {what} [{where}]") from e
+    recorder.close()
+    finish()
+    return result
+
+
+def _saved_and_explained(e: BaseException, cfg: DeployConfig, recorder: _Recorder, reports: list[EpisodeReport],
+                         result: DeployResult, finish) -> BaseException:
+    """After a failure inside the episode loop: save the partial episode, close the dataset and
+    return the one-line exception to raise, carrying the finished episodes (`partial_result`)."""
+    save_error = None
+    partial = min(len(recorder.obs), len(recorder.act), len(recorder.cmd))
+    try:
+        recorder.end_episode(terminated=True)
+    except Exception as se:  # noqa: BLE001 - reported below, must not hide `e`
+        save_error = se
+    finally:
+        recorder.close()
+        finish()
+    result.stopped_early = _one_line(e)
+    if not isinstance(e, (Exception, KeyboardInterrupt)):
+        return e
+    interrupted = isinstance(e, KeyboardInterrupt)
+    what = "interrupted (KeyboardInterrupt)" if interrupted else _one_line(e)
+    where = f"deploy episode {len(reports) + 1} of {cfg.episodes}: robot stopped"
+    if recorder.ds is not None:
+        where += f"; saved {recorder.episodes} episode(s), {recorder.transitions} transitions"
+        if partial and save_error is None:
+            where += f" (the last one partial, {partial} steps)"
+        where += f" to {recorder.path}"
+    if save_error is not None:
+        where += f"; saving the partial episode FAILED: {_one_line(save_error)}"
+    if interrupted:
+        return DeployInterrupted(where, result)
+    if isinstance(e, SimdistError):
+        try:
+            err = type(e)(f"{what} [{where}]")
+        except Exception:  # noqa: BLE001 - an exotic subclass: let the original through
+            err = e
+    else:
+        err = PlannerError(f"{type(e).__name__} in deploy: {what} [{where}]")
+    err.partial_result = result
+    return err
     recorder.close()
     finish()
     return result

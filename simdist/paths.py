@@ -73,13 +73,17 @@ def _stat_errors_are_one_line(check):
 
 
 @_stat_errors_are_one_line
-def check_output_dir(path: str | os.PathLike, flag: str | None = "--out") -> Path:
+def check_output_dir(path: str | os.PathLike, flag: str | None = "--out", *, not_a_dataset: bool = False) -> Path:
     """Check that `path` can be a directory this run writes into (see the module docstring);
-    returns it as a Path. Raises OutputPathError (one line) otherwise; creates nothing."""
+    returns it as a Path. Raises OutputPathError (one line) otherwise; creates nothing. With
+    `not_a_dataset`, a simdist dataset (a folder with zarr.json) is refused too: a run or a
+    model written into it would mix its files with the data's."""
     path = Path(path)
     if path.exists():
         if not path.is_dir():
             raise OutputPathError(f"{_label(path, flag)}: exists and is not a directory; choose another path")
+        if not_a_dataset and (path / "zarr.json").exists():
+            raise OutputPathError(f"{_label(path, flag)}: is a dataset (it holds zarr.json); choose another directory")
         if not _writable(path):
             raise OutputPathError(f"{_label(path, flag)}: the directory is not writable")
         return path

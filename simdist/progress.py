@@ -1,9 +1,11 @@
-"""Rich progress bars for long work, with live metrics."""
+"""Long work: rich progress bars with live metrics, and commits that a Ctrl-C cannot cut."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 from typing import Iterator
 
 from rich.console import Console
@@ -49,3 +51,32 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
             progress.update(task, advance=advance, info=info)
 
         yield update
+
+
+@contextlib.contextmanager
+def deferred_interrupt(reraise: bool = True) -> Iterator[dict]:
+    """Postpone Ctrl-C (SIGINT) while the block runs, so that what it saves (an episode being
+    appended, the partial episode of an interrupted run) is never cut in half.
+
+    Yields a dict whose "interrupted" entry turns True when a Ctrl-C came during the block.
+    When the block ends, such a Ctrl-C is raised as KeyboardInterrupt if `reraise`, else only
+    recorded (for cleanup that already handles an interrupt). An exception from the block
+    goes up unchanged. Outside the main thread (where signal handlers cannot be set) the
+    block runs unprotected.
+    """
+    state = {"interrupted": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def note(signum, frame) -> None:
+        state["interrupted"] = True
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if state["interrupted"] and reraise:
+        raise KeyboardInterrupt

@@ -16,7 +16,7 @@ from simdist.backends.base import RobotInterface
 from simdist.data.dataset import Dataset, DatasetSpec
 from simdist.errors import CheckpointError, ConfigError, DatasetError, PlannerError
 from simdist.models.io import load_model
-from simdist.pipelines.deploy import DeployConfig, deploy, episode_seed, make_controller
+from simdist.pipelines.deploy import DeployConfig, DeployInterrupted, deploy, episode_seed, make_controller
 from simdist.planning.controller import (
     PlannerController,
     ZeroController,
@@ -281,11 +281,16 @@ class _Raising(ZeroController):
     ids=["planner-error", "ctrl-c", "nan-action"],
 )
 def test_any_failure_becomes_one_line_planner_error_with_data_saved(exc, tmp_path, stop_spy):
+    """An error is a one-line PlannerError, a Ctrl-C a DeployInterrupted (still a
+    KeyboardInterrupt); both carry the finished episode and leave the recording whole."""
     rec = tmp_path / "real"
-    with pytest.raises(PlannerError) as e:
+    expected = DeployInterrupted if isinstance(exc, KeyboardInterrupt) else PlannerError
+    with pytest.raises(expected) as e:
         deploy(_cfg(episodes=3, episode_length=12), controller=_Raising(exc, 4), record=rec, show_progress=False)
     msg = _one_line(e.value)
     assert "robot stopped" in msg and "saved 2 episode(s), 16 transitions" in msg
+    partial = e.value.partial_result
+    assert partial.steps == [12] and len(partial.episodes) == 1 and partial.recorded_transitions == 16
     assert stop_spy[0] == "controller error"
     ds = Dataset.open(rec)
     np.testing.assert_array_equal(ds.episodes()[:, 1], [12, 4])
