@@ -411,6 +411,7 @@ def demo_cmd(
 
 
 @app.command("robots")
+@_on_interrupt("nothing was written")
 def robots_cmd() -> None:
     """List the robots, their observations, randomisation and reality gaps."""
     from simdist.robots import get_robot, robot_names
@@ -463,7 +464,7 @@ def main() -> None:
     except (_Interrupted, KeyboardInterrupt) as e:
         # Another Ctrl-C from here on would only cut this line or the exit's cleanup.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        kept = str(e) if isinstance(e, _Interrupted) else "run the same command again to resume"
+        kept = str(e) if isinstance(e, _Interrupted) else "nothing was started"  # before the command ran
         typer.echo(f"interrupted; {kept}", err=True)
         sys.exit(130)
 

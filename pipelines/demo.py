@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from simdist.config import write_json
+from simdist.paths import make_output_dir
 from simdist.runlog import save_figure
 from simdist.progress import console
 
@@ -49,7 +50,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, show_progress: bool = True) -> dict[
     from simdist.pipelines import train_expert as tex
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--out")
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from simdist.config import write_json
 from simdist.errors import ConfigError
+from simdist.paths import make_output_dir
 from simdist.rl.evaluate import evaluate_expert
 
 
@@ -71,7 +72,7 @@ def eval_expert(
     path = None
     if save:
         path = Path(out) if out is not None else run_dir / "eval.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_output_dir(path.parent, "--json")
         write_json(path, report)
     return EvalResult(rows, report, path)
 

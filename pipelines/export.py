@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from simdist.config import read_json, write_json
-from simdist.errors import CheckpointError
+from simdist.errors import CheckpointError, short_reason
+from simdist.paths import OutputPathError
 
 
 def _size(path: Path) -> int:
@@ -39,7 +40,10 @@ def export(robot: str, out: Path, *, model_dir: Path | None = None, expert_dir: 
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} exists; pass --overwrite to replace it")
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise OutputPathError(f"--out {out}: cannot create it ({short_reason(e, with_type=False)})") from None
     info: dict[str, Any] = {"robot": robot, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     try:
         if model_dir is not None:

@@ -3,7 +3,8 @@
 `generate_data(cfg, expert_dir, out)` rolls out `cfg.num_envs` MJX environments with domain
 randomisation, cuts the rollouts into whole episodes and appends them to the dataset at
 `out` in batches. Each append commits atomically, so a killed run leaves a dataset with whole
-episodes only; running the command again continues it up to `cfg.transitions`.
+episodes only; running the command again continues it up to `cfg.transitions`. A Ctrl-C
+during an append waits until the append has committed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from simdist.data.generate import (
 )
 from simdist.envs import MjxEnv
 from simdist.errors import ConfigError, DatasetError
-from simdist.progress import console, progress_bar
+from simdist.progress import console, deferred_interrupt, progress_bar
 from simdist.rl.policy import load_snapshots
 from simdist.robots import get_robot
 
@@ -139,7 +140,8 @@ def _generate(cfg, snaps, env, spec, ds, out, show_progress, stop_after_appends)
             if asm.ready_transitions >= min(cfg.flush_transitions, remaining):
                 before = ds.n_transitions
                 steps, lengths, policy, terminated = asm.take()
-                ds.append_episodes(steps, lengths, policy, terminated)
+                with deferred_interrupt():  # a Ctrl-C lets the generated episodes be committed first
+                    ds.append_episodes(steps, lengths, policy, terminated)
                 appends += 1
                 rate = (ds.n_transitions - start_transitions) / max(time.perf_counter() - t0, 1e-9)
                 update(advance=ds.n_transitions - before, **{"episodes": str(ds.n_episodes), "steps/s": f"{rate:9,.0f}"})
