@@ -4,7 +4,8 @@ A model directory holds
   model.json   kind "world_model", robot, the WorldModelConfig, where it came from
                (dataset, parent model), and the normalisation statistics' source
   weights/     one orbax checkpoint of the whole nnx state: parameters and the dataset's
-               normalisation statistics (non-trainable `Stats` variables)
+               normalisation statistics (non-trainable `Stats` variables), with the sha256
+               digest of every array, verified on load (simdist.checkpointing)
 
 Both are written atomically: the weights go to a temp directory renamed into place, and
 model.json is written last, so a directory without model.json is not a model.
@@ -32,9 +33,8 @@ def save_model(directory: Path, model: WorldModel, meta: dict[str, Any]) -> None
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.json").unlink(missing_ok=True)
     tmp = directory / f"weights.tmp-{uuid.uuid4().hex[:8]}"
-    ckpt = Checkpoints(tmp)
-    ckpt.save(0, {"state": nnx.to_pure_dict(nnx.state(model))}, {"kind": MODEL_KIND})
-    ckpt.close()
+    with Checkpoints(tmp) as ckpt:  # records the weights' digest, checked by every load
+        ckpt.save(0, {"state": nnx.to_pure_dict(nnx.state(model))}, {"kind": MODEL_KIND})
     final = directory / "weights"
     if final.exists():
         shutil.rmtree(final)
@@ -70,12 +70,15 @@ def load_model(directory: Path, robot: str | None = None) -> tuple[WorldModel, d
         raise CheckpointError(f"{directory}/model.json has an unusable model config ({e})") from None
     model = WorldModel(cfg, rngs=nnx.Rngs(0))
     template = {"state": nnx.to_pure_dict(nnx.state(model))}
-    ckpt = Checkpoints(directory / "weights", create=False)
-    steps = ckpt.steps()
-    if not steps:
+    if not (directory / "weights").is_dir():
         raise CheckpointError(f"{directory} has no weights")
-    restored = ckpt.restore(steps[-1], template)
-    ckpt.close()
+    with Checkpoints(directory / "weights", create=False) as ckpt:
+        steps = ckpt.steps()
+        if not steps:
+            raise CheckpointError(f"{directory} has no weights")
+        # Verified against the digest saved with the weights: a corrupt, truncated or missing
+        # file is a one-line CheckpointError, never wrong numbers.
+        restored = ckpt.restore(steps[-1], template)
     state = nnx.state(model)
     nnx.replace_by_pure_dict(state, restored["state"])
     nnx.update(model, state)

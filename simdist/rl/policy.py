@@ -2,7 +2,8 @@
 
 A run directory of `simdist train-expert` holds `snapshots/<iteration>/` checkpoints. Each
 has the actor-critic parameters (the critic is the expert's value function), the observation
-normaliser, and metadata with the full `ExpertConfig`. The snapshot at the last iteration is
+normaliser, and metadata with the full `ExpertConfig` and the digest of the arrays, which every
+load verifies. The snapshot at the last iteration is
 the expert; the earlier ones are the sub-optimal policies that make Stage 2 diverse.
 """
 
@@ -74,41 +75,40 @@ def load_snapshots(run_dir: Path, robot: str | None = None) -> list[PolicySnapsh
     snaps_dir = run_dir / "snapshots"
     if not snaps_dir.is_dir():
         raise CheckpointError(f"{run_dir} has no policy snapshots yet")
-    ckpts = Checkpoints(snaps_dir, create=False)
-    steps = ckpts.steps()
-    if not steps:
-        raise CheckpointError(f"{run_dir} has no policy snapshots yet")
-    robot_cfg = _robot_for(cfg)
-    task = robot_cfg.make_task(cfg.env)
-    model = make_actor_critic(len(task.privileged_obs_names), task.action_size, cfg.ppo, cfg.seed)
-    graphdef, params_template = nnx.split(model)
-    template = {
-        "params": nnx.to_pure_dict(params_template),
-        "obs_stats": RunningStats.create(len(task.privileged_obs_names)),
-    }
-    out = []
-    for step in steps:
-        meta = ckpts.meta(step)
-        if meta.get("kind") != SNAPSHOT_KIND:
-            raise CheckpointError(f"{snaps_dir}/{step} is not a policy snapshot")
-        if meta.get("config", {}).get("robot") != cfg.robot:
-            raise CheckpointError(f"{snaps_dir}/{step} was trained for robot '{meta.get('config', {}).get('robot')}'")
-        state = ckpts.restore(step, template)
-        _, params = nnx.split(model)
-        nnx.replace_by_pure_dict(params, state["params"])
-        params = jax.tree.map(lambda x: x, params)  # a fresh State, not aliased to `model`
-        out.append(
-            PolicySnapshot(
-                iteration=step,
-                is_final=bool(meta.get("final", False)),
-                config=cfg,
-                graphdef=graphdef,
-                params=params,
-                obs_stats=state["obs_stats"],
-                meta=meta,
+    with Checkpoints(snaps_dir, create=False) as ckpts:  # closed on every path, errors included
+        steps = ckpts.steps()
+        if not steps:
+            raise CheckpointError(f"{run_dir} has no policy snapshots yet")
+        robot_cfg = _robot_for(cfg)
+        task = robot_cfg.make_task(cfg.env)
+        model = make_actor_critic(len(task.privileged_obs_names), task.action_size, cfg.ppo, cfg.seed)
+        graphdef, params_template = nnx.split(model)
+        template = {
+            "params": nnx.to_pure_dict(params_template),
+            "obs_stats": RunningStats.create(len(task.privileged_obs_names)),
+        }
+        out = []
+        for step in steps:
+            meta = ckpts.meta(step)
+            if meta.get("kind") != SNAPSHOT_KIND:
+                raise CheckpointError(f"{snaps_dir}/{step} is not a policy snapshot")
+            if meta.get("config", {}).get("robot") != cfg.robot:
+                raise CheckpointError(f"{snaps_dir}/{step} was trained for robot '{meta.get('config', {}).get('robot')}'")
+            state = ckpts.restore(step, template)
+            _, params = nnx.split(model)
+            nnx.replace_by_pure_dict(params, state["params"])
+            params = jax.tree.map(lambda x: x, params)  # a fresh State, not aliased to `model`
+            out.append(
+                PolicySnapshot(
+                    iteration=step,
+                    is_final=bool(meta.get("final", False)),
+                    config=cfg,
+                    graphdef=graphdef,
+                    params=params,
+                    obs_stats=state["obs_stats"],
+                    meta=meta,
+                )
             )
-        )
-    ckpts.close()
     return out
 
 
