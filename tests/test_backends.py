@@ -615,3 +615,15 @@ def test_dummy_backend_has_the_robots_spec():
         assert d.step([0.2]).shape == (5,)
     with pytest.raises(RobotError, match="unknown gap key 'pole_mass'"):
         make_backend("dummy", "cartpole", "pole_mass=2")
+
+
+def test_public_hooks_expose_the_simulator_read_only():
+    b = make_backend("sim-real", "cartpole", gap={"pole_mass": 2.0}, seed=0)
+    assert b.mj_model is None and b.mj_data is None  # not connected yet
+    with b:
+        b.reset(seed=0)
+        assert b.mj_model is b.probe().model and b.mj_data.qpos.shape == (2,)
+        assert b.mj_model.body_mass[cp_task.POLE_BODY] == pytest.approx(2 * NOMINAL.body_mass[cp_task.POLE_BODY])
+        assert type(b.adapter).__module__ == "simdist.robots.cartpole.sim_real" and b.adapter.robot.name == "cartpole"
+        with pytest.raises(AttributeError):
+            b.mj_model = None

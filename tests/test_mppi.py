@@ -429,3 +429,22 @@ def test_prior_command_scales_query_the_prior_with_scaled_commands():
             np.testing.assert_allclose(action, factor * a_star(z0), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="prior_command_scales"):
         MPPIConfig(prior_command_scales=())
+
+
+def test_candidate_returns_is_the_discounted_sum_plus_bootstrap():
+    from simdist.planning import mppi
+
+    # z_{k+1} = z_k + a_k (1-D), reward r_k = a_k, value v(z) = z.
+    model = PlanModel(
+        dynamics=lambda p, ctx, a: ctx + jnp.cumsum(a, axis=1),
+        reward=lambda p, zp, a, zn, c: a[..., 0],
+        value=lambda p, z, c: z[..., 0],
+        prior=None,
+        z0=lambda ctx: ctx,
+    )
+    cfg = MPPIConfig(horizon=3, samples=4, elites=2, discount=0.5, value_weight=2.0)
+    actions = jnp.asarray([[[1.0], [2.0], [3.0]], [[0.0], [0.0], [-1.0]]])
+    got = mppi.candidate_returns(cfg, model, None, jnp.zeros(1), jnp.zeros(0), jnp.zeros(1), actions)
+    want = [1 + 0.5 * 2 + 0.25 * 3 + 2.0 * 0.125 * 6, 0.25 * -1 + 2.0 * 0.125 * -1]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    assert mppi._returns is mppi.candidate_returns  # the planner ranks with the same function

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import mujoco
@@ -284,7 +286,7 @@ def test_restarting_from_a_state_forgets_the_previous_action(robot):
         assert np.all(obs[i:i + 12] == 0)
         obs = b.step(0.5 * np.ones(12))
         np.testing.assert_allclose(obs[i:i + 12], 0.5)
-        d = b._data
+        d = b.mj_data
         obs = b.probe().set_state(d.qpos.copy(), d.qvel.copy())
         assert np.all(obs[i:i + 12] == 0)
         obs = b.reset(seed=1)
@@ -300,7 +302,7 @@ def test_sim_real_observation_matches_the_task(robot):
         b.reset(seed=3)
         for i in range(10):
             obs = b.step(0.3 * np.sin(np.arange(12) + i))
-        d = b._data
+        d = b.mj_data
         mx = mjx.put_model(b.probe().model)
         dx = mjx.put_data(b.probe().model, d)
         info = {"last_action": jnp.asarray(b.adapter._last_action), "command": jnp.asarray(b.command())}
@@ -404,3 +406,29 @@ def test_deploy_reports_progress_tracking_and_falls(robot, monkeypatch):
     res = dep.deploy(dataclasses.replace(cfg, episodes=1), controller=UpsideDown(12), show_progress=False)
     assert res.safety_stops == 1 and res.steps[0] < 40
     assert "fell" in res.episodes[0].safety_stop
+
+
+def test_reward_weights_are_a_config_field_that_set_reaches(robot):
+    from simdist.config import to_dict, with_overrides
+    from simdist.rl.config import ExpertConfig
+
+    base = robot.expert_config("default")
+    assert base.env.reward_weights.as_dict() == qt.REWARD_WEIGHTS  # the reference's, unchanged
+    assert qt.REWARD_WEIGHTS["torques"] == -2e-4 and qt.REWARD_WEIGHTS["tracking_lin_vel"] == 1.5
+    cfg = with_overrides(base, {"env.reward_weights.tracking_lin_vel": 3.0})
+    assert cfg.env.reward_weights.tracking_lin_vel == 3.0 and ExpertConfig.from_dict(to_dict(cfg)) == cfg
+    old = to_dict(base)
+    del old["env"]["reward_weights"]  # a run written before the field existed loads with the defaults
+    assert ExpertConfig.from_dict(old) == base
+
+    def rewards(env):
+        with make_backend("sim-real", robot, "none", env_config=env) as b:
+            b.reset(seed=2)
+            for i in range(5):
+                b.step(0.3 * np.sin(np.arange(12) + i))
+            return np.array(b.probe().rewards)
+
+    same = dataclasses.replace(base.env, reward_weights=qt.QuadrupedRewardWeights(**qt.REWARD_WEIGHTS))
+    np.testing.assert_array_equal(rewards(same), rewards(base.env))
+    doubled = rewards(cfg.env) - rewards(base.env)  # the tracking term's weight went 1.5 -> 3
+    assert np.all(doubled > 0)
