@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from simdist.data.generate import GenerateConfig, PerturbConfig
 from simdist.models.distill_config import DistillConfig
-from simdist.models.finetune_config import FinetuneConfig
+from simdist.models.finetune_config import FINETUNE_PRESETS
 from simdist.models.world_model import WorldModelConfig
+from simdist.planning.mppi import PRESETS as GENERIC_MPPI
 from simdist.planning.mppi import MPPIConfig
 from simdist.rl.config import ExpertConfig, PPOConfig
 from simdist.robots.quadruped.task import (
@@ -160,36 +161,13 @@ def _distill_paper(seed: int) -> DistillConfig:
                          final_eval_windows=65_536, checkpoint_every=5000)
 
 
-# Stage 4: the same recipes as the cartpole's (batch 32, lr 1e-3 on a CPU; the reference's
-# Adam 2e-4 with warmup and ReDRAW's 100x residual rate for `paper`).
-def _finetune_tiny(seed: int) -> FinetuneConfig:
-    return FinetuneConfig(preset="tiny", seed=seed, steps=300, batch_size=32, lr_peak=1e-3, lr_final=1e-4,
-                          warmup_steps=20, residual_lr_multiplier=30.0, eval_every=100, eval_windows=1024,
-                          checkpoint_every=100)
-
-
-def _finetune_default(seed: int) -> FinetuneConfig:
-    return FinetuneConfig(preset="default", seed=seed, steps=1_000, batch_size=32, lr_peak=1e-3, lr_final=1e-4,
-                          warmup_steps=50, residual_lr_multiplier=30.0, eval_every=250, eval_windows=4096,
-                          checkpoint_every=250)
-
-
-def _finetune_paper(seed: int) -> FinetuneConfig:
-    return FinetuneConfig(preset="paper", seed=seed, steps=50_000, batch_size=32, lr_peak=2e-4, lr_final=2e-5,
-                          warmup_steps=1_000, residual_lr_multiplier=100.0, eval_every=2_500,
-                          eval_windows=16_384, checkpoint_every=5_000)
-
-
-# Deploy: the planner budgets that fit the 50 Hz control period on a 2-core CPU (tiny,
-# default) and the reference's (paper, a GPU). Other planners are given with
-# `deploy --mppi-set` (docs/quadruped.md).
-MPPI_PRESETS: dict[str, MPPIConfig] = {
-    "tiny": MPPIConfig(horizon=8, samples=64, iterations=2, elites=16, prior_samples=8),
-    "default": MPPIConfig(horizon=10, samples=64, iterations=3, elites=16, prior_samples=16),
-    "paper": MPPIConfig(horizon=25, samples=450, iterations=8, elites=64, prior_samples=22),
-}
+# Stage 4 and deploy: the library's generic recipes (finetune: batch 32, lr 1e-3 on a CPU, the
+# reference's Adam 2e-4 with warmup and ReDRAW's 100x residual rate for `paper`; MPPI: the
+# budgets that fit the 50 Hz control period on a 2-core CPU, and the reference's for `paper`).
+# Other planners are given with `deploy --mppi-set` (docs/quadruped.md).
+MPPI_PRESETS: dict[str, MPPIConfig] = dict(GENERIC_MPPI)
 
 EXPERT = {"tiny": _tiny, "default": _default, "paper": _paper}
 DATA = {"tiny": _data_tiny, "default": _data_default, "paper": _data_paper}
 DISTILL = {"tiny": _distill_tiny, "default": _distill_default, "paper": _distill_paper}
-FINETUNE = {"tiny": _finetune_tiny, "default": _finetune_default, "paper": _finetune_paper}
+FINETUNE = dict(FINETUNE_PRESETS)
