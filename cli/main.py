@@ -248,14 +248,14 @@ def finetune_cmd(
     from simdist.pipelines.finetune import finetune, make_config
 
     check_output_dir(out, "--out", not_a_dataset=True)
-    cfg = make_config(preset, seed, mode, _parse_set(set_))
-    if model is None:
-        from simdist.data.dataset import Dataset
-        from simdist.robots import get_robot
+    from simdist.data.dataset import Dataset
+    from simdist.robots import get_robot
 
-        ds = Dataset.open(real_data)
-        robot = ds.spec.robot
-        ds.close()
+    ds = Dataset.open(real_data)
+    robot = ds.spec.robot
+    ds.close()
+    cfg = make_config(preset, seed, mode, _parse_set(set_), robot=robot)  # the robot's finetune presets
+    if model is None:
         model = get_robot(robot).pretrained("model")
         if model is None:
             raise SimdistError(f"robot '{robot}' ships no pretrained world model; give --model")

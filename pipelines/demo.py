@@ -122,7 +122,7 @@ def run_demo(cfg: DemoConfig, out: Path, *, show_progress: bool = True) -> dict[
                 continue
             fdir = out / f"finetune-{mode}-{amount}"
             if not (fdir / "model.json").exists():
-                fcfg = fin.make_config(cfg.preset, cfg.seed, mode, {"max_transitions": amount})
+                fcfg = fin.make_config(cfg.preset, cfg.seed, mode, {"max_transitions": amount}, robot=cfg.robot)
                 fin.finetune(fcfg, model_dir, real_data, fdir, show_progress=show_progress)
             used = json.loads((fdir / "metrics.json").read_text())["real_data"]["transitions"]
             evaluate(key, f"planner after finetuning ({mode}), real robot", gap=cfg.gap, model=fdir,
