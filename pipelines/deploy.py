@@ -213,10 +213,6 @@ def make_controller(cfg: DeployConfig, spec, *, model_dir: Path | None = None,
     return ExpertController(snap, task)
 
 
-def _one_line(e: BaseException) -> str:
-    return short_reason(e, with_type=False)
-
-
 class DeployInterrupted(KeyboardInterrupt):
     """Ctrl-C during deploy, after the robot was stopped and the recorded data saved. str():
     where it stopped and what was saved, one line; `partial_result`: the finished episodes."""
@@ -416,11 +412,11 @@ def _saved_and_explained(e: BaseException, cfg: DeployConfig, recorder: _Recorde
     finally:
         recorder.close()
         finish()
-    result.stopped_early = _one_line(e)
+    result.stopped_early = short_reason(e, with_type=False)
     if not isinstance(e, (Exception, KeyboardInterrupt)):
         return e
     interrupted = isinstance(e, KeyboardInterrupt)
-    what = "interrupted (KeyboardInterrupt)" if interrupted else _one_line(e)
+    what = "interrupted (KeyboardInterrupt)" if interrupted else short_reason(e, with_type=False)
     where = f"deploy episode {len(reports) + 1} of {cfg.episodes}: robot stopped"
     if recorder.ds is not None:
         where += f"; saved {recorder.episodes} episode(s), {recorder.transitions} transitions"
@@ -428,7 +424,7 @@ def _saved_and_explained(e: BaseException, cfg: DeployConfig, recorder: _Recorde
             where += f" (the last one partial, {partial} steps)"
         where += f" to {recorder.path}"
     if save_error is not None:
-        where += f"; saving the partial episode FAILED: {_one_line(save_error)}"
+        where += f"; saving the partial episode FAILED: {short_reason(save_error, with_type=False)}"
     if interrupted:
         return DeployInterrupted(where, result)
     if isinstance(e, SimdistError):
