@@ -20,7 +20,9 @@ Checkpoints written before digests existed load without verification.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -92,27 +94,52 @@ def _reason(e: BaseException) -> str:
 
 
 def _ignore_stray_loop_callbacks() -> None:
-    """After a failed read, let tensorstore's late callbacks die quietly.
+    """After a failed read, let orbax's and tensorstore's leftovers die quietly.
 
     When one read of a checkpoint fails, orbax's `asyncio.run` raises and closes its event
-    loop while tensorstore is still finishing the other reads of that step; each of those
-    then calls `loop.call_soon_threadsafe` on the closed loop from a C++ thread, and Python
-    reports the `RuntimeError: Event loop is closed` through `sys.unraisablehook` as a
-    traceback on stderr (dozens of them). Those callbacks have nothing left to deliver, so
-    only that exact error is dropped; everything else goes to the previous hook.
+    loop while tensorstore is still finishing the other reads of that step. Each of those then
+    calls `loop.call_soon_threadsafe` on the closed loop from a C++ thread, and the read
+    coroutines left pending are closed when collected; Python reports both through
+    `sys.unraisablehook`, as dozens of `RuntimeError: Event loop is closed` and "Exception
+    ignored in <coroutine ...>" tracebacks on stderr (and asyncio logs "Task exception was
+    never retrieved" for the collected tasks). They have nothing left to deliver, so
+    exactly those are dropped (everything else goes to the previous hook), and the pending
+    coroutines are collected now rather than at some later moment.
     """
+    _filter_unraisable()
+    gc.collect()
+
+
+def _filter_unraisable() -> None:
     previous = sys.unraisablehook
-    if getattr(previous, "_simdist_filter", False):
-        return
+    if not getattr(previous, "_simdist_filter", False):
 
-    def hook(unraisable):
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            return
-        previous(unraisable)
+        def hook(unraisable):
+            exc, obj = unraisable.exc_value, unraisable.object
+            if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+                return
+            if inspect.iscoroutine(obj) and "orbax" in getattr(obj.cr_code, "co_filename", ""):
+                return
+            previous(unraisable)
 
-    hook._simdist_filter = True
-    sys.unraisablehook = hook
+        hook._simdist_filter = True
+        sys.unraisablehook = hook
+
+
+class _DropOrbaxLeftovers(logging.Filter):
+    """asyncio logs "Task exception was never retrieved" for each read task of a failed step
+    that is collected after orbax gave up on it; the first failure was already reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("never retrieved" in msg and "orbax" in msg)
+
+
+# Installed now, not only after a failure: a late callback can run before the failing call
+# has even returned.
+_filter_unraisable()
+if not any(isinstance(f, _DropOrbaxLeftovers) for f in logging.getLogger("asyncio").filters):
+    logging.getLogger("asyncio").addFilter(_DropOrbaxLeftovers())
 
 
 @contextlib.contextmanager
@@ -231,7 +258,8 @@ class Checkpoints:
         from simdist.atomic import write_json
 
         state = self.restore(step, template)
-        digest = tree_digest(state)
+        # Hash what was saved: leaves in the template's dtype (jax without x64 reads int64 as int32).
+        digest = tree_digest(jax.tree.map(lambda x, t: np.asarray(x).astype(np.asarray(t).dtype), state, template))
         meta = {**self.meta(step), DIGEST_KEY: digest}
         path = self.directory / str(step) / "meta" / "metadata"
         if not path.is_file():
