@@ -106,6 +106,20 @@ def test_round_trip_is_bit_identical_and_damage_is_named(tmp_path):
         assert "does not match" not in msg
 
 
+def test_model_save_load_round_trip_is_bit_identical(tiny_model, tmp_path):
+    from flax import nnx
+
+    from simdist.models.io import load_model, save_model
+
+    model, meta = load_model(tiny_model[1].out)
+    save_model(tmp_path / "copy", model, {"robot": meta["robot"]})
+    again, _ = load_model(tmp_path / "copy", "cartpole")
+    with Checkpoints(tmp_path / "copy" / "weights", create=False) as c:
+        assert len(c.digest(0)["leaves"]) == len(jax.tree.leaves(nnx.state(model)))
+    _assert_same(nnx.to_pure_dict(nnx.state(again)), nnx.to_pure_dict(nnx.state(model)))
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["model.json", "weights"]  # no temp left
+
+
 def test_checkpoints_saved_before_digests_still_load(tmp_path):
     tree = _tree()
     with Checkpoints(tmp_path / "c") as c:
