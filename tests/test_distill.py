@@ -125,3 +125,22 @@ def test_cli_rejects_bad_datasets_with_one_line(tiny_dataset, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
         assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_out_that_is_a_dataset_is_refused_before_anything_is_written(tiny_model, tiny_dataset, tmp_path):
+    import os
+
+    from simdist.errors import ConfigError
+    from simdist.pipelines.distill import distill
+
+    cfg, _ = tiny_model
+    ds, _ = tiny_dataset
+    before = sorted(os.listdir(ds.path))
+    other = tmp_path / "other_dataset"  # any dataset directory (its zarr.json is the marker)
+    other.mkdir()
+    (other / "zarr.json").write_text((ds.path / "zarr.json").read_text())
+    for out, needle in ((ds.path, "is (inside) the dataset"), (ds.path / "model", "is (inside) the dataset"),
+                        (other, "is a dataset directory")):
+        with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            distill(cfg, ds.path, out, show_progress=False)
+    assert sorted(os.listdir(ds.path)) == before and os.listdir(other) == ["zarr.json"]
