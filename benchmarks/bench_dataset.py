@@ -91,7 +91,7 @@ def main() -> None:
 
     table = {}
     print(f"{n:,} cartpole-shaped transitions, {args.repeats} repetitions (median; min-max)")
-    print(f"{'codecs':<22} {'write Mrows/s':>16} {'read Mrows/s':>16} {'verify Mrows/s':>16} {'size MiB':>9}")
+    print(f"{'codecs':<22} {'write Mrows/s':>20} {'read Mrows/s':>20} {'verify Mrows/s':>20} {'size MiB':>9}")
     for name, rs in runs.items():
         row = {}
         for key in ("write_s", "read_s", "verify_s"):
@@ -104,7 +104,7 @@ def main() -> None:
         def cell(k: str) -> str:
             return f"{row[k]['median']:.2f} ({row[k]['min']:.2f}-{row[k]['max']:.2f})"
 
-        print(f"{label:<22} {cell('write'):>16} {cell('read'):>16} {cell('verify'):>16} {row['size_mib']:>9.1f}")
+        print(f"{label:<22} {cell('write'):>20} {cell('read'):>20} {cell('verify'):>20} {row['size_mib']:>9.1f}")
     result = {
         "transitions": n,
         "repeats": args.repeats,
