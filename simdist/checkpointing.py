@@ -157,8 +157,10 @@ def _quiet_absl():
 class Checkpoints:
     """A folder of numbered checkpoints, each with `state` (arrays) and `meta` (JSON).
 
-    Usable as a context manager; `close()` (or leaving the `with`) stops orbax's background
-    machinery, which is what keeps a failed load from ending in asyncio tracebacks."""
+    Usable as a context manager, so that orbax's manager (and its threads) is closed on every
+    path, errors included. The asyncio noise a failed read used to print is handled separately
+    (see `_ignore_stray_loop_callbacks`): it comes from orbax's own per-call event loop, which
+    closing the manager does not reach."""
 
     def __init__(self, directory: Path, max_to_keep: int | None = None, create: bool = True):
         self.directory = Path(directory).absolute()
