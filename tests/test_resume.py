@@ -95,21 +95,21 @@ def test_loop_killed_at_every_point_of_every_step_ends_as_an_uninterrupted_run(t
         return run(toy.spec, toy.stage, show_progress=False, fail_at=kill)
 
     ref = finished(tmp_path / "ref")
-    for point in FAIL_POINTS:
-        for step in (0, 4, 7):
-            out = tmp_path / f"{point}-{step}"
-            try:
-                finished(out, _kill_at(point, step))
-            except InjectedFailure:
-                pass
-            res = finished(out)
-            assert res.metrics == ref.metrics and json.loads((out / "metrics.json").read_text()) == ref.metrics
-            assert _history(out) == _history(tmp_path / "ref"), (point, step)
-            snaps = Checkpoints(out / "snapshots")
-            assert snaps.steps() == [0, 4, 7]
-            assert snaps.meta(4) == {"step": 4}
-            np.testing.assert_array_equal(snaps.restore(7, {"x": np.zeros(3)})["x"], ref.metrics["x"])
-            snaps.close()
+    kills = [("after_history", 0), ("after_snapshot", 0), ("after_step", 4), ("after_history", 4),
+             ("after_snapshot", 4), ("after_checkpoint", 6), ("before_final", 7), ("before_metrics", 7)]
+    assert {p for p, _ in kills} == set(FAIL_POINTS)
+    for point, step in kills:
+        out = tmp_path / f"{point}-{step}"
+        with pytest.raises(InjectedFailure):
+            finished(out, _kill_at(point, step))
+        res = finished(out)
+        assert res.metrics == ref.metrics and json.loads((out / "metrics.json").read_text()) == ref.metrics
+        assert _history(out) == _history(tmp_path / "ref"), (point, step)
+        snaps = Checkpoints(out / "snapshots")
+        assert snaps.steps() == [0, 4, 7]
+        assert snaps.meta(4) == {"step": 4}
+        np.testing.assert_array_equal(snaps.restore(7, {"x": np.zeros(3)})["x"], ref.metrics["x"])
+        snaps.close()
 
 
 def test_train_expert_survives_a_kill_between_snapshot_and_checkpoint(tmp_path):
