@@ -40,7 +40,7 @@ def test_distill_learns_and_reports_heldout_metrics(tiny_distill):
 def test_model_directory_round_trip(tiny_distill, tiny_dataset):
     from simdist.data.windows import WindowSampler
     from simdist.models.io import load_model
-    from simdist.models.world_model import evaluate_batch
+    from simdist.models.loss import evaluate_batch
 
     cfg, result = tiny_distill
     model, meta = load_model(result.out, robot="cartpole")

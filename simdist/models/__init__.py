@@ -11,10 +11,8 @@ from simdist.models.world_model import (
     WorldModel,
     WorldModelConfig,
     count_params,
-    evaluate_batch,
-    r2_score,
-    world_model_loss,
 )
+from simdist.models.loss import evaluate_batch, r2_score, world_model_loss
 
 __all__ = [
     "ALL_PARAMS",

@@ -18,7 +18,8 @@ import optax
 from flax import nnx
 
 from simdist.errors import ConfigError
-from simdist.models.world_model import WorldModel, add_r2, world_model_loss
+from simdist.models.loss import add_r2, world_model_loss
+from simdist.models.world_model import WorldModel
 from simdist.training import Stage
 
 
