@@ -33,8 +33,8 @@ demo: $(STAMP)
 	$(BIN)/simdist demo --robot cartpole --preset default --out runs/demo/cartpole
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist): most of its time is single-threaded
-# tracing and XLA compilation, so two workers on a 2-core CPU take about 13 min, cold, against
-# about 19 min in one. `make test TEST_WORKERS=0` runs it in one process (xdist's `-n 0`).
+# tracing and XLA compilation, so two workers on a 2-core CPU beat one (13 min cold against about
+# 19 min in one, measured before the resume and integrity tests; over 28 min cold with them). `make test TEST_WORKERS=0` runs it in one process (xdist's `-n 0`).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
