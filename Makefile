@@ -34,7 +34,7 @@ demo: $(STAMP)
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist): most of its time is single-threaded
 # tracing and XLA compilation, so two workers on a 2-core CPU beat one (13 min cold against about
-# 19 min in one, measured before the resume and integrity tests; over 28 min cold with them). `make test TEST_WORKERS=0` runs it in one process (xdist's `-n 0`).
+# 19 min in one, measured before the resume and integrity tests; 33 min cold with them, 2026-12-07). `make test TEST_WORKERS=0` runs it in one process (xdist's `-n 0`).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
