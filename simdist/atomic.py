@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import Any
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-
-
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new entry in `path` (a directory) durable; best effort."""
     with contextlib.suppress(OSError):
@@ -31,19 +27,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (temp file, fsync, rename, fsync of the directory)."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    write_with(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_text(path: Path, text: str) -> None:
