@@ -410,6 +410,48 @@ def demo_cmd(
     run_demo(DemoConfig(robot=robot, preset=preset, seed=seed, gap=gap), out, show_progress=progress)
 
 
+gaps_app = typer.Typer(help="The random-gap battery: gaps nobody chose, zero-shot against finetuned.",
+                       no_args_is_help=True)
+app.add_typer(gaps_app, name="gaps")
+
+
+@gaps_app.command("sample")
+@_on_interrupt("nothing was written")
+def gaps_sample_cmd(
+    robot: str = RobotOpt,
+    n: int = typer.Option(10, "--n", "-n", help="Number of gaps."),
+    seed: int = typer.Option(0, "--seed", help="The gaps' seed (the same seed gives the same gaps)."),
+) -> None:
+    """Print N random gaps for a robot, one `--gap` value per line (see docs/gap-battery.md)."""
+    from simdist.backends.battery import gap_spec, robot_battery, sample_gaps
+
+    for gap in sample_gaps(robot_battery(robot), n, seed):
+        typer.echo(gap_spec(gap))
+
+
+@gaps_app.command("run")
+@_on_interrupt("finished gaps are kept in battery.json; run the same command again to continue")
+def gaps_run_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="The distilled model directory to adapt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Battery directory (battery.json, battery.png, one folder per gap)."),
+    robot: str = RobotOpt,
+    n: int = typer.Option(10, "--n", "-n", help="Number of gaps."),
+    seed: int = typer.Option(0, "--seed", help="The gaps' seed."),
+    real_seconds: float = typer.Option(60.0, "--real-seconds", help="Real data recorded zero-shot on each gap (s)."),
+    episodes: int = typer.Option(10, "--episodes", help="Evaluation episodes without a gap and after finetuning."),
+    mode: str = typer.Option("dynamics", "--mode", help="Finetune mode: dynamics | residual."),
+    set_: list[str] = typer.Option([], "--set", help="Override a finetune config field, e.g. --set steps=500."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """For each random gap: zero-shot deploy while recording, finetune, deploy again; a summary."""
+    from simdist.pipelines.gap_battery import BatteryConfig, run_battery
+
+    cfg = BatteryConfig(robot=robot, n=n, seed=seed, real_seconds=real_seconds, episodes=episodes, mode=mode,
+                        finetune_overrides=tuple(sorted(_parse_set(set_).items())))
+    check_output_dir(out, "--out", not_a_dataset=True)
+    run_battery(cfg, model, out, show_progress=progress)
+
+
 @app.command("robots")
 @_on_interrupt("nothing was written")
 def robots_cmd() -> None:

@@ -14,6 +14,10 @@ Modes
   latent_size // 2) whose last layer is zero, so step 0 predicts exactly what the parent
   predicts (`with_residual`). Only `residual_net` trains, at lr × `residual_lr_multiplier`.
 
+Option ``proximal`` (λ > 0) adds λ Σ (w − w_sim)² over the trainable weights to the loss
+(`proximal_loss`): the finetuned dynamics stay near the simulation's where the real data does
+not pull them away.
+
 Real data and the held-out split
 --------------------------------
 Windows use the PARENT model's history and horizon. The held-out split is by whole episode over
@@ -42,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -52,6 +58,7 @@ from simdist.errors import ConfigError, DatasetError
 from simdist.models.finetune_config import FinetuneConfig, finetune_config
 from simdist.models.evaluate import latent_report
 from simdist.models.io import load_model, save_model
+from simdist.models.loss import world_model_loss
 from simdist.models.train import WorldModelStage, WorldModelTrainer, make_optimizer
 from simdist.models.world_model import DYNAMICS, RESIDUAL, WorldModel, count_params
 from simdist.runlog import save_figure
@@ -245,6 +252,22 @@ def plot_before_after(metrics: dict[str, Any], path: Path, title: str) -> None:
 # ---- the pipeline ------------------------------------------------------------------------
 
 
+def proximal_loss(model0: WorldModel, trainable: Any, weight: float):
+    """The world-model loss plus `weight` * sum of (w - w0)^2 over the trainable weights, w0
+    those of `model0` (the simulation-trained model): finetuning may move the dynamics only
+    as far as the real data pays for."""
+    anchor = nnx.to_pure_dict(nnx.state(model0, trainable))
+
+    def loss_fn(model, batch, key, *, train: bool = True):
+        loss, metrics = world_model_loss(model, batch, key, train=train)
+        now = nnx.to_pure_dict(nnx.state(model, trainable))
+        sq = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), now, anchor)
+        prox = weight * sum(jax.tree.leaves(sq))
+        return loss + prox, {**metrics, "proximal": prox}
+
+    return loss_fn
+
+
 def initial_model(parent: WorldModel, cfg: FinetuneConfig) -> tuple[WorldModel, Any]:
     """(the model at step 0, the trainable filter) for the config's mode."""
     if cfg.mode == "residual":
@@ -342,7 +365,8 @@ def finetune(
     model0, trainable = initial_model(parent, cfg)
     s = cfg.lr_scale
     tx = make_optimizer(cfg.lr_peak * s, cfg.lr_final * s, cfg.warmup_steps, cfg.steps, grad_clip=cfg.grad_clip)
-    trainer = WorldModelTrainer(model0, tx, trainable=trainable)
+    loss_fn = proximal_loss(model0, trainable, cfg.proximal) if cfg.proximal > 0 else world_model_loss
+    trainer = WorldModelTrainer(model0, tx, trainable=trainable, loss_fn=loss_fn)
     held = eval_windows(data.heldout, cfg.eval_windows)
     before = latent_report(model0, held)
     stage = _FinetuneStage(cfg, out, model_dir, parent_meta, data, trainer, held, before, t_start)

@@ -54,6 +54,8 @@ class Robot:
     gap_keys: dict[str, Any] = dataclasses.field(default_factory=dict)
     gap_notes: dict[str, str] = dataclasses.field(default_factory=dict)
     apply_gap: Callable[[Any, Mapping[str, float]], None] | None = None
+    # How the random-gap battery moves each gap key out of training (simdist.backends.battery.Shift)
+    battery: tuple[Any, ...] = ()
     # The `sim-real` backend's adapter class (a simdist.backends.sim_real.SimRealAdapter
     # subclass taking (robot, env_config)); None: the robot has no sim-real backend.
     sim_real_adapter: type | None = None

@@ -286,6 +286,38 @@ def test_none_gap_lock_step_reproduces_the_mjx_env(plain_env):
         b.close()
 
 
+@pytest.mark.parametrize("x, xd, action, unsafe", [
+    (1.75, 6.0, 1.0, True),    # into the right end stop at 6 m/s
+    (-1.7, -7.0, -1.0, True),  # into the left one
+    (1.0, 2.0, 0.3, False),    # far from the end
+    (1.78, 3.0, 0.5, False),   # a touch below the 4 m/s limit
+    (1.75, -6.0, -1.0, False), # fast, but away from the end
+])
+def test_the_training_sim_knows_the_robots_rail_limit(plain_env, x, xd, action, unsafe):
+    """The sim-real robot's safety stop is a failure in the MJX env too, found at the same
+    control step, and it costs `safety_penalty` on that step in both."""
+    import jax
+    import jax.numpy as jnp
+
+    env = plain_env
+    s0 = jax.jit(env.reset)(jax.random.key(0))
+    data = s0.data.replace(qpos=jnp.array([x, jnp.pi], jnp.float32), qvel=jnp.array([xd, 0.0], jnp.float32))
+    s = jax.jit(env._advance)(s0.replace(data=data), jnp.array([action], jnp.float32))[0]
+    assert bool(s.terminated) == unsafe and not bool(s.truncated)
+    b = _backend("none")
+    try:
+        p = b.probe()
+        p.set_state([x, np.pi], [xd, 0.0])
+        b.step([action])
+        assert b.done() == unsafe
+        penalty = env.task.safety_penalty
+        assert penalty == 10.0
+        assert p.ground_truth_reward() == pytest.approx(float(s.reward), abs=1e-4)
+        assert (float(s.reward) < -penalty + 1.0) == unsafe
+    finally:
+        b.close()
+
+
 def test_numpy_observation_and_reward_match_the_task(plain_env):
     import jax
     import jax.numpy as jnp

@@ -309,3 +309,40 @@ def test_resumed_finetune_matches_an_uninterrupted_run(parent_dir, real_data, tm
     assert done.metrics["latent_error_after"] == full.metrics["latent_error_after"]
     hist = [json.loads(x)["step"] for x in (out / "history.jsonl").read_text().splitlines()]
     assert hist == [0, 10, 20]
+
+
+def test_proximal_penalty_is_zero_at_the_sim_weights_and_holds_them_back(parent_dir, real_data, tmp_path):
+    """λ Σ (w − w_sim)² over the dynamics only: zero at the simulation's weights, exactly λ δ²
+    for a weight moved by δ, and a strong one keeps the finetuned dynamics near the sim's."""
+    from simdist.models.io import load_model
+    from simdist.models.loss import world_model_loss
+    from simdist.models.world_model import DYNAMICS
+    from simdist.pipelines.finetune import finetune, make_config, proximal_loss
+
+    model0, _ = load_model(parent_dir)
+    rng = np.random.default_rng(0)
+    h, t = model0.cfg.history, model0.cfg.horizon
+    batch = {"hist_obs": rng.standard_normal((4, h, 5)).astype(np.float32),
+             "hist_act": rng.uniform(-1, 1, (4, h, 1)).astype(np.float32),
+             "obs": rng.standard_normal((4, t + 1, 5)).astype(np.float32),
+             "act": rng.uniform(-1, 1, (4, t, 1)).astype(np.float32)}
+    loss_fn = proximal_loss(model0, DYNAMICS, 0.5)
+    key = jax.random.key(0)
+    base, _ = world_model_loss(model0, batch, key, train=False)
+    got, m = loss_fn(model0, batch, key, train=False)
+    assert float(m["proximal"]) == 0.0 and float(got) == float(base)
+    moved, _ = load_model(parent_dir)
+    leaf = jax.tree.leaves(nnx.state(moved, DYNAMICS))[0]
+    leaf.value = leaf.value.at[(0,) * leaf.value.ndim].add(0.2)
+    _, m = loss_fn(moved, batch, key, train=False)
+    assert float(m["proximal"]) == pytest.approx(0.5 * 0.04, rel=1e-4)
+
+    def drift(proximal: float) -> float:
+        out = tmp_path / f"prox-{proximal}"
+        cfg = make_config("tiny", 0, "dynamics", {"steps": 60, "proximal": proximal})
+        finetune(cfg, parent_dir, real_data, out, show_progress=False)
+        a, b = _leaves(load_model(out)[0]), _leaves(model0)
+        return sum(float(np.sum((a[k] - b[k]) ** 2)) for k in a if "dynamics" in k)
+
+    free, held = drift(0.0), drift(100.0)
+    assert held < 0.1 * free

@@ -27,6 +27,7 @@ from typing import Mapping
 import mujoco
 import numpy as np
 
+from simdist.backends.battery import Shift
 from simdist.backends.gaps import GapKey, multiplier
 from simdist.robots.cartpole.task import HINGE_DOF, POLE_BODY, SLIDER_DOF
 
@@ -62,6 +63,20 @@ GAPS: dict[str, dict[str, float]] = {
     "latency": {"latency": 2},
     "noisy-sensors": {"obs_noise": 0.05},
 }
+
+# The random-gap battery (`simdist gaps`): each key leaves its training range with
+# probability 0.4, to a band on either side. The bands stop where the default gap's values
+# are (pole_mass 2, pole_length 1.3, cart_friction 3, motor_gain 0.6, latency 1, noise 0.01)
+# or a little beyond: hard gaps that a model-based controller can still solve.
+BATTERY: tuple[Shift, ...] = (
+    Shift("pole_mass", train=(0.7, 1.3), below=(0.4, 0.7), above=(1.3, 2.2)),
+    Shift("pole_length", train=(0.85, 1.15), below=(0.7, 0.85), above=(1.15, 1.35)),
+    Shift("cart_friction", train=(0.5, 2.0), below=(0.1, 0.5), above=(2.0, 4.0)),
+    Shift("motor_gain", train=(0.85, 1.15), below=(0.6, 0.85), above=(1.15, 1.5)),
+    Shift("hinge_damping", train=(0.5, 2.0), below=(0.1, 0.5), above=(2.0, 4.0)),
+    Shift("latency", train=(0, 0), above=(1, 1), log=False, integer=True),
+    Shift("obs_noise", train=(0.0, 0.0), above=(0.002, 0.02), log=False),
+)
 
 NOTES: dict[str, str] = {
     "none": "the training simulator's nominal model",

@@ -18,9 +18,6 @@ def _tolerance_gaussian(x, margin: float, value_at_margin: float = 0.1):
 class CartpoleAdapter(SimRealAdapter):
     """numpy twins of robots/cartpole/task.py (initial_state, observe, reward)."""
 
-    # Hitting a rail end stop faster than this (m/s) trips the safety stop.
-    rail_impact_speed = 4.0
-
     def __init__(self, robot, env_config=None):
         super().__init__(robot, env_config)
         self._slider = cp.SLIDER_DOF
@@ -46,8 +43,8 @@ class CartpoleAdapter(SimRealAdapter):
         return float(upright * centred * small_control * small_velocity)
 
     def safety_fault(self, model, data):
-        x, xd = float(data.qpos[0]), float(data.qvel[0])
-        end = float(model.jnt_range[0, 1])
-        if abs(x) >= end - 1e-3 and x * xd > 0 and abs(xd) > self.rail_impact_speed:
-            return f"cart hit the rail end at {abs(xd):.1f} m/s (limit {self.rail_impact_speed:g})"
+        x, xd = float(data.qpos[self._slider]), float(data.qvel[self._slider])
+        limit = float(self.config.rail_impact_speed)
+        if cp.rail_impact(x, xd, float(model.jnt_range[self._slider, 1]), limit, np):
+            return f"cart hit the rail end at {abs(xd):.1f} m/s (limit {limit:g})"
         return None

@@ -11,6 +11,12 @@ Observations
 
 Reward r(s_t, a_t) in [0, 1] per control step (50 Hz), computed on the state reached by the
 step: upright * centred * small_control * small_velocity, the smooth swing-up reward.
+
+Safety limit: the real cartpole stops when the cart hits a rail end stop faster than
+`rail_impact_speed` (4 m/s; `rail_impact`, shared with the sim-real adapter). The training
+simulator knows the same limit: it is checked after every physics substep, ends the episode as
+a failure, and costs `safety_penalty` (10) on the step that trips it, so the expert, the
+reward head and the value head all learn to keep away from it.
 """
 
 from __future__ import annotations
@@ -45,11 +51,21 @@ class CartpoleEnvConfig(EnvConfig):
     hinge_damping_range: tuple[float, float] = (0.5, 2.0)
     # Initial state noise around the hanging pose.
     init_noise: float = 0.05
+    # Safety limit (the real robot's): hitting a rail end stop faster than this (m/s) is a
+    # failure, with this cost on the step that does it.
+    rail_impact_speed: float = 4.0
+    safety_penalty: float = 10.0
 
 
 def _tolerance_gaussian(x: jax.Array, margin: float, value_at_margin: float = 0.1) -> jax.Array:
     scale = jnp.sqrt(-2.0 * jnp.log(value_at_margin))
     return jnp.exp(-0.5 * (x / margin * scale) ** 2)
+
+
+def rail_impact(x, x_dot, rail_end, limit, xp=jnp):
+    """True when the cart is at a rail end stop (within 1 mm) and moving into it faster than
+    `limit` m/s: the cartpole's safety limit. numpy (`xp=np`) or jax."""
+    return (xp.abs(x) >= rail_end - 1e-3) & (x * x_dot > 0) & (xp.abs(x_dot) > limit)
 
 
 class CartpoleTask(Task):
@@ -129,6 +145,10 @@ class CartpoleTask(Task):
         small_velocity = (1.0 + _tolerance_gaussian(data.qvel[1], margin=5.0)) / 2.0
         r = upright * centred * small_control * small_velocity
         return r, {"upright": upright, "centred": centred}
+
+    def unsafe(self, model, data):
+        return rail_impact(data.qpos[SLIDER_DOF], data.qvel[SLIDER_DOF], model.jnt_range[SLIDER_DOF, 1],
+                           self.config.rail_impact_speed)
 
     def privileged_from_deployable(self, deployable):
         """The deployable obs followed by zero parameter offsets (= the nominal parameters:

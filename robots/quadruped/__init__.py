@@ -29,6 +29,7 @@ ROBOT = register_robot(Robot(
     gap_keys=gaps.KEYS,
     gap_notes=gaps.NOTES,
     apply_gap=gaps.apply_gap,
+    battery=gaps.BATTERY,
     sim_real_adapter=QuadrupedAdapter,
     root=Path(__file__).parent,
 ))

@@ -34,6 +34,7 @@ from typing import Mapping
 import mujoco
 import numpy as np
 
+from simdist.backends.battery import Shift
 from simdist.backends.gaps import GapKey, multiplier
 
 GROUND_GEOMS = ("floor", "rough")
@@ -82,6 +83,18 @@ GAPS: dict[str, dict[str, float]] = {
     "weak-motors": {"motor_strength": 0.7},
     "latency": {"latency": 1},
 }
+
+# The random-gap battery (`simdist gaps`): each key leaves its training range with
+# probability 0.4. The bands reach about as far as the named gaps above (friction 0.15,
+# slope 4 degrees, foam 3x, +3 kg payload, motors x0.7, one step of latency).
+BATTERY: tuple[Shift, ...] = (
+    Shift("friction", train=(0.2, 1.2), below=(0.12, 0.2)),
+    Shift("slope", train=(0.0, 0.0), below=(-5.0, -2.0), above=(2.0, 5.0), log=False),
+    Shift("floor_softness", train=(1.0, 1.0), above=(1.5, 3.0)),
+    Shift("payload_kg", train=(0.0, 3.0), above=(3.0, 4.0), log=False),
+    Shift("motor_strength", train=(0.9, 1.1), below=(0.65, 0.9)),
+    Shift("latency", train=(0, 0), above=(1, 1), log=False, integer=True),
+)
 
 NOTES: dict[str, str] = {
     "none": "the training simulator's nominal model",

@@ -351,13 +351,14 @@ class SimRealRobot(RobotInterface):
         for _ in range(self.n_substeps):
             mujoco.mj_step(m, d)
             fault = fault or self._adapter.safety_fault(m, d)
+        unsafe = fault is not None  # the task's safety limit (costs its penalty, as in training)
         warns = np.array([d.warning[w].number for w in _BAD_STATE_WARNINGS])
         if np.any(warns > self._warn0) or not (np.all(np.isfinite(d.qpos)) and np.all(np.isfinite(d.qvel))):
             fault = fault or "the simulation diverged (non-finite or huge state)"
             self._warn0 = warns
         self._tick += 1
         self._counters["control_steps"] += 1
-        self._probe._record(commanded)
+        self._probe._record(commanded, unsafe)
         self._adapter.after_tick(m, d, commanded)
         self._sense()
         self._compute_s += time.perf_counter() - t
@@ -385,7 +386,8 @@ class SimRealProbe:
 
     The reward of every control tick, r(s_{t+1}, a_t) with the task's formula on the true
     state and the action the planner commanded at that tick, is recorded as the robot runs
-    (also in real-time mode, for ticks no one observed).
+    (also in real-time mode, for ticks no one observed). The tick that trips the robot's
+    safety limit costs the task's `safety_penalty` too, as in the training simulator.
     """
 
     def __init__(self, backend: SimRealRobot):
@@ -399,9 +401,10 @@ class SimRealProbe:
         self._qvel: list[np.ndarray] = [d.qvel.copy()] if d is not None else []
         self._commands: list[np.ndarray] = []
 
-    def _record(self, commanded: np.ndarray) -> None:
+    def _record(self, commanded: np.ndarray, unsafe: bool = False) -> None:
         b = self._b
-        self.rewards.append(b._adapter.reward(b._model, b._data, commanded))
+        r = b._adapter.reward(b._model, b._data, commanded)
+        self.rewards.append(r - b._adapter.task.safety_penalty if unsafe else r)
         self._qpos.append(b._data.qpos.copy())
         self._qvel.append(b._data.qvel.copy())
         self._commands.append(np.asarray(b._adapter.command(), np.float64).copy())

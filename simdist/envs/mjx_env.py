@@ -101,17 +101,21 @@ class MjxEnv:
         key, k_info, k_reset = jax.random.split(state.key, 3)
         data = state.data.replace(ctrl=task.ctrl(model, state.data, action, state.info))
 
-        def physics(_, d):
-            return mjx.step(model, d)
+        def physics(_, carry):
+            d, unsafe = carry
+            d = mjx.step(model, d)
+            return d, unsafe | task.unsafe(model, d)
 
-        data = jax.lax.fori_loop(0, self.n_substeps, physics, data)
+        # The safety limit is checked after every substep, as the real robot checks it.
+        data, unsafe = jax.lax.fori_loop(0, self.n_substeps, physics, (data, jnp.zeros((), bool)))
         reward, _ = task.reward(model, data, action, state.info)
         info = task.update_info(model, data, action, state.info, k_info)
         dep, priv = task.observe(model, data, info)
-        terminated = task.terminated(model, data, info)
+        terminated = task.terminated(model, data, info) | unsafe
         step_count = state.step_count + 1
         truncated = (step_count >= self.config.episode_length) & ~terminated
-        reward = jnp.where(jnp.isfinite(reward), reward, 0.0).astype(jnp.float32)
+        reward = jnp.where(jnp.isfinite(reward), reward, 0.0) - task.safety_penalty * unsafe
+        reward = reward.astype(jnp.float32)
         dep = jnp.nan_to_num(dep)
         priv = jnp.nan_to_num(priv)
         episode_return = state.episode_return + reward

@@ -96,6 +96,20 @@ class Task:
         """True where the episode ends by failure (not by the time limit)."""
         return ~(jnp.all(jnp.isfinite(data.qpos)) & jnp.all(jnp.isfinite(data.qvel)))
 
+    def unsafe(self, model: mjx.Model, data: mjx.Data) -> jax.Array:
+        """True where the state trips a hard safety limit of the real robot (the one its
+        sim-real adapter's `safety_fault` enforces). `MjxEnv` checks it after every physics
+        substep, as the robot does; a violation ends the episode (a failure) and costs
+        `safety_penalty` on that step, so the expert, the reward head and the value head all
+        learn the limit. None by default."""
+        return jnp.zeros((), bool)
+
+    @property
+    def safety_penalty(self) -> float:
+        """Cost subtracted from the reward of the step that trips `unsafe` (the config's
+        `safety_penalty`; 0 when it has none)."""
+        return float(getattr(self.config, "safety_penalty", 0.0))
+
     def command(self, info: dict) -> jax.Array:
         """The task command the policy follows at this step (shape `(command_size,)`)."""
         return jnp.zeros((self.command_size,), jnp.float32)

@@ -56,6 +56,9 @@ class FinetuneConfig:
     eval_windows: int = 4096  # held-out windows scored (all of them when fewer)
     checkpoint_every: int = 1_000
     grad_clip: float = 1.0
+    # Proximal penalty: proximal * sum over the trainable weights of (w - w_sim)^2, which
+    # pulls the finetuned weights toward the simulation-trained ones (0 = off).
+    proximal: float = 0.0
 
     def __post_init__(self):
         def bad(msg: str):
@@ -80,6 +83,8 @@ class FinetuneConfig:
             bad("max_transitions must be >= 1 (or None for all the real data)")
         if self.grad_clip < 0:
             bad("grad_clip must be >= 0 (0 = no clipping)")
+        if self.proximal < 0:
+            bad("proximal must be >= 0 (0 = off)")
 
     @property
     def lr_scale(self) -> float:
