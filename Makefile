@@ -37,7 +37,7 @@ demo: $(STAMP)
 # 19 min in one, measured before the resume and integrity tests; 33 min cold with them, 2026-12-07). `make test TEST_WORKERS=0` runs it in one process (xdist's `-n 0`).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cartpole.py

@@ -154,6 +154,8 @@ def format_table(rows: dict[str, Any], cfg: DemoConfig, recorded: int, control_d
     lines.append(f"(mean ± std over {cfg.eval_episodes} episodes of 300 steps, max return 300; the zero-shot row "
                  f"records {cfg.record_episodes} episodes;")
     lines.append(f" real robot = sim-real with gap '{cfg.gap}'; {recorded:,} real steps recorded zero-shot)")
+    lines.append(f"Does finetuning help on gaps nobody chose? `simdist gaps run --robot {cfg.robot} --model MODEL "
+                 "--out DIR` runs the random-gap battery (docs/gap-battery.md).")
     return "\n".join(lines)
 
 

@@ -14,6 +14,11 @@ Modes
   latent_size // 2) whose last layer is zero, so step 0 predicts exactly what the parent
   predicts (`with_residual`). Only `residual_net` trains, at lr × `residual_lr_multiplier`.
 
+Option ``sim_fraction`` (f > 0) draws a share f of every batch from the simulation (Stage 2)
+dataset the parent was distilled from (its path is in the model's meta; ``sim_data`` overrides
+it), labels dropped: the same latent-consistency loss keeps the dynamics right on the states
+the real data never visits.
+
 Option ``proximal`` (λ > 0) adds λ Σ (w − w_sim)² over the trainable weights to the loss
 (`proximal_loss`): the finetuned dynamics stay near the simulation's where the real data does
 not pull them away.
@@ -268,6 +273,27 @@ def proximal_loss(model0: WorldModel, trainable: Any, weight: float):
     return loss_fn
 
 
+def sim_windows(cfg: FinetuneConfig) -> int:
+    """How many windows of each batch come from the simulation dataset."""
+    return int(round(cfg.batch_size * cfg.sim_fraction))
+
+
+def open_sim_replay(cfg: FinetuneConfig, parent: WorldModel, parent_meta: dict[str, Any], real: Dataset
+                    ) -> WindowSampler | None:
+    """The window sampler of the simulation dataset for sim replay, or None when off."""
+    if sim_windows(cfg) == 0:
+        return None
+    path = cfg.sim_data or parent_meta.get("dataset")
+    if not path:
+        raise ConfigError("sim_fraction > 0 needs the simulation dataset: the model does not name it; "
+                          "set sim_data=PATH")
+    ds = Dataset.open(path, robot=parent_meta.get("robot"), obs_size=parent.cfg.obs_size,
+                      action_size=parent.cfg.action_size, command_size=parent.cfg.command_size)
+    fields = tuple(f for f in ("command",) if f in real.field_names and f in ds.field_names)
+    return WindowSampler(ds, parent.cfg.history, parent.cfg.horizon, split="all", seed=cfg.seed, fields=fields,
+                         max_resident_transitions=500_000)
+
+
 def initial_model(parent: WorldModel, cfg: FinetuneConfig) -> tuple[WorldModel, Any]:
     """(the model at step 0, the trainable filter) for the config's mode."""
     if cfg.mode == "residual":
@@ -284,9 +310,16 @@ class _FinetuneStage(WorldModelStage):
         self.cfg, self.out, self.model_dir, self.parent_meta, self.data = cfg, out, model_dir, parent_meta, data
         self.held, self.before, self.t_start = held, before, t_start
         self.robot = parent_meta.get("robot")
+        self.sim: WindowSampler | None = None  # the sim-replay windows (sim_fraction > 0)
 
     def batch(self, step: int) -> dict[str, Any]:
-        return strip_labels(self.data.train.sample(self.cfg.batch_size, np.random.default_rng([self.cfg.seed, 0, step])))
+        rng = np.random.default_rng([self.cfg.seed, 0, step])
+        n_sim = sim_windows(self.cfg) if self.sim is not None else 0
+        real = strip_labels(self.data.train.sample(self.cfg.batch_size - n_sim, rng))
+        if not n_sim:
+            return real
+        sim = strip_labels(self.sim.sample(n_sim, rng))
+        return {k: np.concatenate([real[k], sim[k]]) for k in real}
 
     def evaluate(self, step: int, metrics: list[dict[str, float]]) -> tuple[dict[str, Any], dict[str, str]]:
         rep = self.before if step == 0 else latent_report(self.trainer.model(), self.held)
@@ -332,6 +365,7 @@ class _FinetuneStage(WorldModelStage):
             "control_dt": parent_meta.get("control_dt", data.info["control_dt"]),
             "finetune": to_dict(cfg),
             **({"distill": parent_meta["distill"]} if "distill" in parent_meta else {}),
+            **({"dataset": parent_meta["dataset"]} if "dataset" in parent_meta else {}),
             "heldout": {"latent_error_before": report["latent_error_before"],
                         "latent_error_after": report["latent_error_after"]},
         })
@@ -359,6 +393,7 @@ def finetune(
     m = parent.cfg
     data = split_real_data(ds, m.history, m.horizon, heldout_fraction=cfg.heldout_fraction,
                            max_transitions=cfg.max_transitions, seed=cfg.seed)
+    sim = open_sim_replay(cfg, parent, parent_meta, ds)  # before the run directory: a bad path writes nothing
     prepare_run_dir(out, {"finetune": to_dict(cfg), "model": str(model_dir.resolve()),
                           "real_data": str(real_data.resolve())}, "finetune")
 
@@ -370,6 +405,7 @@ def finetune(
     held = eval_windows(data.heldout, cfg.eval_windows)
     before = latent_report(model0, held)
     stage = _FinetuneStage(cfg, out, model_dir, parent_meta, data, trainer, held, before, t_start)
+    stage.sim = sim
     spec = RunSpec(out, f"finetune {robot} ({cfg.mode})", TRAIN_STATE_KIND, to_dict(cfg), cfg.steps,
                    cfg.checkpoint_every, eval_every=cfg.eval_every, eval_at_start=True, meta={"robot": robot},
                    diverged_hint="; try a lower lr_peak")

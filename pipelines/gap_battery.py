@@ -73,6 +73,9 @@ def run_battery(cfg: BatteryConfig, model_dir: Path, out: Path, *, show_progress
     from simdist.pipelines import finetune as fin
     from simdist.robot import get_robot
 
+    from simdist.models.io import read_model_meta
+
+    read_model_meta(Path(model_dir), cfg.robot)  # a missing or other robot's model: one line, nothing written
     robot = get_robot(cfg.robot)
     env_cfg = robot.env_config_cls()
     length = cfg.episode_length or int(env_cfg.episode_length)

@@ -11,6 +11,7 @@ Run directory layout (OUT):
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +86,36 @@ def _init_from(ts: TrainState, ppo: PPO, cfg: ExpertConfig) -> TrainState:
     return ts.replace(params=params, opt_state=ppo.tx.init(params), obs_stats=snap.obs_stats)
 
 
-def evaluate_expert_and_random(env: MjxEnv, ppo: PPO, ts: TrainState, num_envs: int, seed: int) -> dict[str, float]:
+# Compiled programs of the configs trained in this process: a resumed run, or the same config
+# trained again, reuses them instead of tracing and compiling MJX and PPO anew. The iteration
+# count, checkpoint cadence and snapshot count are not part of the programs.
+_COMPILED: dict[str, tuple[MjxEnv, PPO, dict]] = {}
+_NOT_COMPILED = ("num_iterations", "checkpoint_every", "num_snapshots")
+
+
+def _compiled(cfg: ExpertConfig) -> tuple[MjxEnv, PPO, dict]:
+    """(env, PPO, evaluator cache) of a config, built once per process."""
+    ppo_key = {k: v for k, v in to_dict(cfg.ppo).items() if k not in _NOT_COMPILED}
+    key = json.dumps([cfg.robot, cfg.seed, to_dict(cfg.env), ppo_key], sort_keys=True, default=str)
+    if key not in _COMPILED:
+        if len(_COMPILED) >= 4:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        env = MjxEnv(get_robot(cfg.robot).make_task(cfg.env))
+        _COMPILED[key] = (env, PPO(env, cfg.ppo, seed=cfg.seed), {})
+    env, ppo, evaluators = _COMPILED[key]
+    return env, ppo, evaluators
+
+
+def evaluate_expert_and_random(env: MjxEnv, ppo: PPO, ts: TrainState, num_envs: int, seed: int,
+                               evaluators: dict | None = None) -> dict[str, float]:
     key = jax.random.key(seed + 10_000)
-    expert = np.asarray(make_evaluator(env, snapshot_action(ppo.graphdef), num_envs)((ts.params, ts.obs_stats), key))
-    rand = np.asarray(make_evaluator(env, random_action(env), num_envs)(None, key))
+    evaluators = {} if evaluators is None else evaluators
+    if num_envs not in evaluators:
+        evaluators[num_envs] = (make_evaluator(env, snapshot_action(ppo.graphdef), num_envs),
+                                make_evaluator(env, random_action(env), num_envs))
+    run_expert, run_random = evaluators[num_envs]
+    expert = np.asarray(run_expert((ts.params, ts.obs_stats), key))
+    rand = np.asarray(run_random(None, key))
     return {
         "expert_return_mean": float(expert.mean()),
         "expert_return_std": float(expert.std()),
@@ -121,8 +148,9 @@ def plot_history(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 class _ExpertStage(Stage):
     """PPO iterations; a history row per iteration; policy snapshots at the config's iterations."""
 
-    def __init__(self, cfg: ExpertConfig, out: Path, env: MjxEnv, ppo: PPO, ts: TrainState):
+    def __init__(self, cfg: ExpertConfig, out: Path, env: MjxEnv, ppo: PPO, ts: TrainState, evaluators: dict):
         self.cfg, self.out, self.env, self.ppo, self.ts = cfg, out, env, ppo, ts
+        self.evaluators = evaluators
         self.meta = {"config": to_dict(cfg), "robot": cfg.robot}
         self.env_state = None
         self.last_return = float("nan")
@@ -165,7 +193,7 @@ class _ExpertStage(Stage):
 
     def finish(self, result: LoopResult) -> dict[str, Any]:
         cfg, p = self.cfg, self.cfg.ppo
-        metrics = evaluate_expert_and_random(self.env, self.ppo, self.ts, p.eval_envs, cfg.seed)
+        metrics = evaluate_expert_and_random(self.env, self.ppo, self.ts, p.eval_envs, cfg.seed, self.evaluators)
         metrics.update(
             robot=cfg.robot,
             preset=cfg.preset,
@@ -193,9 +221,7 @@ def train_expert(
     many iterations without finishing the run (used to test resumption); `fail_at` is the
     training loop's kill hook (tests)."""
     out = Path(out)
-    robot = get_robot(cfg.robot)
-    env = MjxEnv(robot.make_task(cfg.env))
-    ppo = PPO(env, cfg.ppo, seed=cfg.seed)
+    env, ppo, evaluators = _compiled(cfg)
     pcfg = cfg.ppo
 
     ts = ppo.init(jax.random.key(cfg.seed))
@@ -203,7 +229,7 @@ def train_expert(
     if cfg.init_from is not None and not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
         ts = _init_from(ts, ppo, cfg)  # a bad source fails here, before the run directory exists
     prepare_run_dir(out, to_dict(cfg), "train-expert", read=lambda _: to_dict(read_run_config(out)))
-    stage = _ExpertStage(cfg, out, env, ppo, ts)
+    stage = _ExpertStage(cfg, out, env, ppo, ts, evaluators)
     spec = RunSpec(out, f"train-expert {cfg.robot}", TRAIN_STATE_KIND, to_dict(cfg), pcfg.num_iterations,
                    pcfg.checkpoint_every, step_key="iteration", meta={"robot": cfg.robot},
                    snapshot_steps=frozenset(pcfg.snapshot_iterations()))

@@ -41,6 +41,7 @@ def test_snapshots_and_value_function_round_trip(tiny_expert):
     assert v.shape == (3,) and np.all(np.isfinite(v))
 
 
+@pytest.mark.xdist_group("tiny_expert_seed1")  # one PPO compile with tests/test_resume.py's
 def test_killed_run_resumes_from_its_saved_step(tmp_path):
     from simdist.pipelines.train_expert import make_config, train_expert
 
@@ -60,6 +61,7 @@ def test_killed_run_resumes_from_its_saved_step(tmp_path):
     assert third.started_at == 6 and third.iteration == 6
 
 
+@pytest.mark.xdist_group("tiny_expert_seed1")
 def test_init_from_starts_at_the_source_expert(tiny_expert, tmp_path):
     """--init-from: iteration 0 of the new run is the source's final expert, bit for bit
     (policy, value function and normaliser); training goes on from there."""

@@ -60,6 +60,7 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "deploy --record": ["deploy", "--model", missing, "--no-progress", "--record"],
         "demo": ["demo", "--preset", "tiny", "--no-progress", "--out"],
         "export": ["export", "--model", missing, "--out"],
+        "gaps run": ["gaps", "run", "--model", missing, "--no-progress", "--out"],
     }
 
 

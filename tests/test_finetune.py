@@ -346,3 +346,42 @@ def test_proximal_penalty_is_zero_at_the_sim_weights_and_holds_them_back(parent_
 
     free, held = drift(0.0), drift(100.0)
     assert held < 0.1 * free
+
+
+def test_sim_replay_mixes_simulation_windows_into_every_batch(parent_dir, real_data, tiny_dataset, tmp_path,
+                                                              monkeypatch):
+    """sim_fraction f: every batch holds round(B f) windows of the parent's Stage 2 dataset
+    (found through the model's meta) and the rest real ones; a model that names no dataset
+    needs sim_data, and a bad one fails before anything is written."""
+    import shutil
+
+    from simdist.data.windows import WindowSampler
+    from simdist.pipelines.finetune import finetune, make_config
+
+    calls = []
+    sample = WindowSampler.sample
+
+    def spy(self, n, rng):
+        calls.append((str(Path(self.dataset.path).resolve()), int(n)))
+        return sample(self, n, rng)
+
+    monkeypatch.setattr(WindowSampler, "sample", spy)
+    cfg = make_config("tiny", 0, "dynamics", {"steps": 3, "sim_fraction": 0.25, "eval_every": 3})
+    out = finetune(cfg, parent_dir, real_data, tmp_path / "replay", show_progress=False).out
+    sim_path = json.loads((parent_dir / "model.json").read_text())["dataset"]
+    assert Path(sim_path).resolve() == Path(tiny_dataset[0].path).resolve()
+    real, sim = str(Path(real_data).resolve()), str(Path(sim_path).resolve())
+    assert sorted(calls) == sorted([(real, 24)] * 3 + [(sim, 8)] * 3)
+    assert json.loads((out / "model.json").read_text())["dataset"] == sim_path  # kept for the next finetune
+
+    orphan = tmp_path / "orphan"
+    shutil.copytree(parent_dir, orphan)
+    meta = json.loads((orphan / "model.json").read_text())
+    del meta["dataset"]
+    (orphan / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="set sim_data=PATH"):
+        finetune(cfg, orphan, real_data, tmp_path / "x", show_progress=False)
+    bad = make_config("tiny", 0, "dynamics", {"steps": 3, "sim_fraction": 0.25, "sim_data": str(tmp_path / "nope")})
+    with pytest.raises(DatasetError):
+        finetune(bad, parent_dir, real_data, tmp_path / "y", show_progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

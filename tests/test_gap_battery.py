@@ -10,7 +10,7 @@ import pytest
 
 from simdist.backends.battery import Shift, gap_spec, robot_battery, sample_gaps
 from simdist.backends.gaps import resolve_gap
-from simdist.errors import ConfigError
+from simdist.errors import CheckpointError, ConfigError
 from simdist.pipelines.gap_battery import BatteryConfig, run_battery, summarize, verdict
 
 
@@ -88,6 +88,10 @@ def test_a_tiny_battery_runs_every_gap_and_resumes(tiny_model, tmp_path, capsys)
     again = run_battery(cfg, model, out, show_progress=False)
     assert again["results"] == json.loads((out / "battery.json").read_text())["results"] == state["results"]
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    # A missing model is one line, and nothing is written.
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_battery(cfg, tmp_path / "missing", tmp_path / "new", show_progress=False)
+    assert not (tmp_path / "new").exists()
     # Another configuration in the same folder is refused.
     with pytest.raises(ConfigError, match="another configuration"):
         run_battery(BatteryConfig(robot="cartpole", n=3, seed=7), model, out, show_progress=False)

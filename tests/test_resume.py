@@ -112,6 +112,10 @@ def test_loop_killed_at_every_point_of_every_step_ends_as_an_uninterrupted_run(t
         snaps.close()
 
 
+# The tests of this group train the same seed-1 tiny expert config (only the iteration count,
+# checkpoint cadence and snapshot count differ, which are not compiled): on one worker they
+# compile PPO once (`make test` runs xdist with --dist loadgroup).
+@pytest.mark.xdist_group("tiny_expert_seed1")
 def test_train_expert_survives_a_kill_between_snapshot_and_checkpoint(tmp_path):
     from simdist.pipelines.train_expert import make_config, train_expert
     from simdist.rl.policy import load_snapshots

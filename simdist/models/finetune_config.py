@@ -59,6 +59,11 @@ class FinetuneConfig:
     # Proximal penalty: proximal * sum over the trainable weights of (w - w_sim)^2, which
     # pulls the finetuned weights toward the simulation-trained ones (0 = off).
     proximal: float = 0.0
+    # Sim replay: this share of every batch is windows of the simulation (Stage 2) dataset the
+    # parent was distilled from (or `sim_data`), so the dynamics stay right where the real
+    # data says nothing (0 = off).
+    sim_fraction: float = 0.0
+    sim_data: str | None = None
 
     def __post_init__(self):
         def bad(msg: str):
@@ -85,6 +90,8 @@ class FinetuneConfig:
             bad("grad_clip must be >= 0 (0 = no clipping)")
         if self.proximal < 0:
             bad("proximal must be >= 0 (0 = off)")
+        if not 0.0 <= self.sim_fraction < 1.0:
+            bad("sim_fraction must lie in [0, 1) (0 = off; some of every batch must be real)")
 
     @property
     def lr_scale(self) -> float:
