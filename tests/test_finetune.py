@@ -332,8 +332,16 @@ def test_proximal_penalty_is_zero_at_the_sim_weights_and_holds_them_back(parent_
     got, m = loss_fn(model0, batch, key, train=False)
     assert float(m["proximal"]) == 0.0 and float(got) == float(base)
     moved, _ = load_model(parent_dir)
-    leaf = jax.tree.leaves(nnx.state(moved, DYNAMICS))[0]
-    leaf.value = leaf.value.at[(0,) * leaf.value.ndim].add(0.2)
+    state = nnx.state(moved, DYNAMICS)
+    pure = nnx.to_pure_dict(state)
+    first = jax.tree_util.tree_flatten_with_path(pure)[0][0][0]  # the path of one dynamics weight
+    sub = pure
+    for k in first[:-1]:
+        sub = sub[k.key]
+    w = np.asarray(sub[first[-1].key])
+    sub[first[-1].key] = w + np.where(np.arange(w.size).reshape(w.shape) == 0, 0.2, 0.0).astype(w.dtype)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(moved, state)
     _, m = loss_fn(moved, batch, key, train=False)
     assert float(m["proximal"]) == pytest.approx(0.5 * 0.04, rel=1e-4)
 
