@@ -35,6 +35,8 @@ demo: $(STAMP)
 # The suite runs in TEST_WORKERS processes (pytest-xdist): most of its time is single-threaded
 # tracing and XLA compilation, so two workers on a 2-core CPU beat one (13 min cold against about
 # 19 min in one, measured before the resume and integrity tests; 33 min cold with them, 2026-12-07). `make test TEST_WORKERS=0` runs it in one process (xdist's `-n 0`).
+# --dist loadgroup keeps tests marked with one xdist_group on one worker, so that they share
+# compiled programs (train-expert reuses them per config within a process).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
